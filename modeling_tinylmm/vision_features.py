@@ -125,3 +125,6 @@ def trim(tower: nn.Module, keep_blocks: int) -> None:
     for name in ("post_layernorm", "head", "layernorm", "pooler"):
         if isinstance(getattr(tower, name, None), nn.Module):
             setattr(tower, name, nn.Identity())
+    embeddings = getattr(tower, "embeddings", None)
+    if isinstance(getattr(embeddings, "mask_token", None), nn.Parameter):  # masked-image-modelling only
+        embeddings.mask_token = None
