@@ -32,7 +32,11 @@ def run_isolated(code: str, cwd, modules_cache) -> str:
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(modules_cache), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-I", "-c", BLOCKER + textwrap.dedent(code)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         raise AssertionError(f"isolated run failed:\n{proc.stdout}\n{proc.stderr[-4000:]}")

@@ -21,10 +21,14 @@ def test_encoder_llm_combination(vision, text, tmp_path):
     assert all(p.grad is not None for p in model.model.vision_tower.parameters())
 
     model.eval()
-    out = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False, suppress_tokens=[IMAGE_TOKEN])
+    out = model.generate(
+        input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False, suppress_tokens=[IMAGE_TOKEN]
+    )
     assert out.shape == (1, ids.shape[1] + 3)
 
     model.save_pretrained(tmp_path)
     reloaded = TinyLMMForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(input_ids=ids, pixel_values=px).logits, model(input_ids=ids, pixel_values=px).logits)
+        assert torch.equal(
+            reloaded(input_ids=ids, pixel_values=px).logits, model(input_ids=ids, pixel_values=px).logits
+        )

@@ -12,12 +12,12 @@ def parts(tmp_path_factory):
     torch.manual_seed(0)
     AutoModel.from_config(vision_config("siglip")).save_pretrained(root / "siglip_vision")
     tiny_text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    CLIPModel(CLIPConfig(vision_config=vision_config("clip").to_dict(), text_config=tiny_text)).save_pretrained(
-        root / "clip_dual"
-    )
-    SiglipModel(SiglipConfig(vision_config=vision_config("siglip").to_dict(), text_config=tiny_text)).save_pretrained(
-        root / "siglip_dual"
-    )
+    CLIPModel(
+        CLIPConfig(vision_config=vision_config("clip").to_dict(), text_config=tiny_text)
+    ).save_pretrained(root / "clip_dual")
+    SiglipModel(
+        SiglipConfig(vision_config=vision_config("siglip").to_dict(), text_config=tiny_text)
+    ).save_pretrained(root / "siglip_dual")
     AutoModelForCausalLM.from_config(text_config("qwen2")).save_pretrained(root / "qwen2")
     AutoModelForCausalLM.from_config(text_config("gpt2")).save_pretrained(root / "gpt2")
     return root
@@ -29,9 +29,14 @@ def _assert_prefix_equal(composed: dict, source: dict, prefix: str = ""):
         assert torch.equal(weight, source[prefix + name]), name
 
 
-@pytest.mark.parametrize(("vision", "source_prefix"), [("siglip_vision", ""), ("clip_dual", "vision_model."), ("siglip_dual", "vision_model.")])
+@pytest.mark.parametrize(
+    ("vision", "source_prefix"),
+    [("siglip_vision", ""), ("clip_dual", "vision_model."), ("siglip_dual", "vision_model.")],
+)
 def test_parts_arrive_unchanged(parts, vision, source_prefix):
-    model = TinyLMMForConditionalGeneration.from_components(parts / vision, parts / "qwen2", connector_type="mlp2x_gelu")
+    model = TinyLMMForConditionalGeneration.from_components(
+        parts / vision, parts / "qwen2", connector_type="mlp2x_gelu"
+    )
     vision_source = AutoModel.from_pretrained(parts / vision).state_dict()
     text_source = AutoModelForCausalLM.from_pretrained(parts / "qwen2").state_dict()
     _assert_prefix_equal(model.model.vision_tower.state_dict(), vision_source, source_prefix)

@@ -17,7 +17,10 @@ def test_sub_configs_accept_instances_and_dicts_and_serialise_as_dicts(tmp_path)
     from_dicts.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "tinylmm"
-    assert isinstance(saved["vision_config"], dict) and saved["vision_config"]["model_type"] == "siglip_vision_model"
+    assert (
+        isinstance(saved["vision_config"], dict)
+        and saved["vision_config"]["model_type"] == "siglip_vision_model"
+    )
     assert isinstance(saved["text_config"], dict) and saved["text_config"]["model_type"] == "qwen2"
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(reloaded, TinyLMMConfig)
@@ -51,12 +54,16 @@ def test_feature_layer_out_of_range(layer):
 
 def test_vision_config_must_be_a_vision_backbone():
     with pytest.raises(ValueError, match="'llama' is not a supported vision backbone"):
-        TinyLMMConfig(vision_config=text_config("llama").to_dict(), text_config=text_config("llama").to_dict())
+        TinyLMMConfig(
+            vision_config=text_config("llama").to_dict(), text_config=text_config("llama").to_dict()
+        )
 
 
 def test_text_config_must_be_a_causal_lm():
     with pytest.raises(ValueError, match="'clip_vision_model' is not a causal language model"):
-        TinyLMMConfig(vision_config=vision_config("clip").to_dict(), text_config=vision_config("clip").to_dict())
+        TinyLMMConfig(
+            vision_config=vision_config("clip").to_dict(), text_config=vision_config("clip").to_dict()
+        )
 
 
 def test_unknown_select_strategy():

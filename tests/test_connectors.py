@@ -5,7 +5,13 @@ from torch import nn
 from transformers import AutoModel, Blip2QFormerModel
 
 import modeling_tinylmm.connectors as connectors
-from modeling_tinylmm import CONNECTORS, Connector, TinyLMMConfig, TinyLMMForConditionalGeneration, register_connector
+from modeling_tinylmm import (
+    CONNECTORS,
+    Connector,
+    TinyLMMConfig,
+    TinyLMMForConditionalGeneration,
+    register_connector,
+)
 
 # Each connector with an encoder it suits, and the tokens one 32 px image gives (4x4 patches; 3 blocks).
 CASES = [
@@ -26,8 +32,16 @@ CASES = [
 def test_every_builtin_connector_is_covered():
     assert {name for name, *_ in CASES} | {"mlp{N}x_gelu"} >= set(CONNECTORS) - {"mlp{N}x_gelu"}
     assert set(CONNECTORS) >= {
-        "identity", "linear", "mlp{N}x_gelu", "resampler", "qformer", "dense_sti", "dense_sci", "dense_dci",
-        "pixel_shuffle", "convnext_stage",
+        "identity",
+        "linear",
+        "mlp{N}x_gelu",
+        "resampler",
+        "qformer",
+        "dense_sti",
+        "dense_sci",
+        "dense_dci",
+        "pixel_shuffle",
+        "convnext_stage",
     }
 
 
@@ -123,8 +137,15 @@ def _reference_hidden_states(model, px):
 
 def test_dense_sti_geometry_of_clip_large():
     # CLIP-L/14 at 336 px: 24 blocks, 576 patches; layers 7 and 15 pooled 8x -> 576 + 72 + 72 = 720 tokens.
-    vision = vision_config("clip", hidden_size=16, intermediate_size=32, num_hidden_layers=24,
-                           num_attention_heads=2, image_size=336, patch_size=14)
+    vision = vision_config(
+        "clip",
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=24,
+        num_attention_heads=2,
+        image_size=336,
+        patch_size=14,
+    )
     config = TinyLMMConfig(vision_config=vision, text_config=text_config("llama"), connector_type="dense_sti")
     assert config.connector_class.vision_layers(config) == [7, 15]
     assert config.image_seq_length == 720
@@ -145,8 +166,12 @@ def test_dense_sci_and_dci_fuse_the_right_layers():
         vision = vision_config("clip", num_hidden_layers=4)
         options = {"num_groups": groups} if groups else {"dense_layers": [0, 2]}
         model = TinyLMMForConditionalGeneration(
-            TinyLMMConfig(vision_config=vision, text_config=text_config("llama"), connector_type=connector,
-                          connector_config=options)
+            TinyLMMConfig(
+                vision_config=vision,
+                text_config=text_config("llama"),
+                connector_type=connector,
+                connector_config=options,
+            )
         ).eval()
         px = pixels(model.config) if px is None else px
         with torch.no_grad():
@@ -163,7 +188,9 @@ def test_dense_sci_and_dci_fuse_the_right_layers():
 def test_convnext_stage_geometry_of_convllava():
     # ConvNeXt with total stride 32, plus stage 5 (stride 64): 1536 px -> 24 x 24 = 576 tokens.
     vision = vision_config("convnext", hidden_sizes=[4, 4, 4, 8], image_size=1536)
-    config = TinyLMMConfig(vision_config=vision, text_config=text_config("llama"), connector_type="convnext_stage")
+    config = TinyLMMConfig(
+        vision_config=vision, text_config=text_config("llama"), connector_type="convnext_stage"
+    )
     assert config.feature_grid == (48, 48) and config.connector_grid == (24, 24)
     assert config.image_seq_length == 576
     model = TinyLMMForConditionalGeneration(config).eval()

@@ -10,7 +10,13 @@ from transformers import AutoModel, AutoModelForImageTextToText
 
 from modeling_tinylmm import TinyLMMForConditionalGeneration, TinyLMMModel
 
-CODE_FILES = {"configuration_tinylmm.py", "modeling_tinylmm.py", "connectors.py", "vision_features.py", "visual_layout.py"}
+CODE_FILES = {
+    "configuration_tinylmm.py",
+    "modeling_tinylmm.py",
+    "connectors.py",
+    "vision_features.py",
+    "visual_layout.py",
+}
 
 
 def test_auto_classes_are_registered(tmp_path):
@@ -30,9 +36,14 @@ def test_save_writes_safetensors_auto_map_and_code(tmp_path):
     assert auto_map["AutoModelForImageTextToText"] == "modeling_tinylmm.TinyLMMForConditionalGeneration"
 
 
-@pytest.mark.parametrize(("vision", "text", "connector"), [("siglip", "qwen2", "mlp2x_gelu"), ("convnext", "gpt2", "convnext_stage")])
+@pytest.mark.parametrize(
+    ("vision", "text", "connector"),
+    [("siglip", "qwen2", "mlp2x_gelu"), ("convnext", "gpt2", "convnext_stage")],
+)
 def test_remote_code_loads_without_tinylmm_and_reproduces_logits(tmp_path, vision, text, connector):
-    model = tiny_model(vision, text, connector, connector_config={"depth": 1} if connector == "convnext_stage" else None)
+    model = tiny_model(
+        vision, text, connector, connector_config={"depth": 1} if connector == "convnext_stage" else None
+    )
     folder = tmp_path / "checkpoint"
     model.save_pretrained(folder)
     ids, px = image_prompt(model.config), pixels(model.config)
@@ -68,7 +79,9 @@ class _FakeHub:
         return SimpleNamespace(repo_id=repo_id)
 
     def create_commit(self, repo_id, operations, create_pr=False, **kwargs):
-        self.commits.append({"repo_id": repo_id, "create_pr": create_pr, "files": [op.path_in_repo for op in operations]})
+        self.commits.append(
+            {"repo_id": repo_id, "create_pr": create_pr, "files": [op.path_in_repo for op in operations]}
+        )
         for op in operations:
             target = self.root / repo_id / op.path_in_repo
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,14 +94,20 @@ def test_push_to_hub_uploads_weights_and_code(tmp_path, monkeypatch):
 
     fake = _FakeHub(tmp_path / "hub")
     monkeypatch.setattr(hub, "hf_api", lambda: fake)
-    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda repo_id, tags=None, **kw: SimpleNamespace(
-        save=lambda path: open(path, "w").write(f"# {repo_id}\n")
-    ))
+    monkeypatch.setattr(
+        hub,
+        "create_and_tag_model_card",
+        lambda repo_id, tags=None, **kw: SimpleNamespace(
+            save=lambda path: open(path, "w").write(f"# {repo_id}\n")
+        ),
+    )
     model = tiny_model("dinov2", "phi3")
     model.push_to_hub("me/tiny-lmm", create_pr=False)
     (commit,) = fake.commits
     assert commit["repo_id"] == "me/tiny-lmm" and commit["create_pr"] is False
-    assert {"model.safetensors", "config.json", "generation_config.json", "README.md"} | CODE_FILES <= set(commit["files"])
+    assert {"model.safetensors", "config.json", "generation_config.json", "README.md"} | CODE_FILES <= set(
+        commit["files"]
+    )
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "hub" / "me/tiny-lmm")
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name

@@ -97,7 +97,11 @@ def test_generate_with_cache_matches_full_forward(text):
     logits[..., IMAGE_TOKEN] = -float("inf")
     assert torch.equal(logits[0, ids.shape[1] - 1 :].argmax(-1), new)
     no_cache = model.generate(
-        input_ids=ids, pixel_values=px, max_new_tokens=8, do_sample=False, use_cache=False,
+        input_ids=ids,
+        pixel_values=px,
+        max_new_tokens=8,
+        do_sample=False,
+        use_cache=False,
         suppress_tokens=[IMAGE_TOKEN],
     )
     assert torch.equal(no_cache, out)
@@ -171,7 +175,9 @@ def test_attention_implementation_is_passed_through():
         assert model.model.language_model.config._attn_implementation == impl
         assert model.model.vision_tower.config._attn_implementation == impl
         with torch.no_grad():
-            logits[impl] = model(input_ids=image_prompt(model.config), pixel_values=pixels(model.config)).logits
+            logits[impl] = model(
+                input_ids=image_prompt(model.config), pixel_values=pixels(model.config)
+            ).logits
     torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-5, rtol=1e-4)
 
 
