@@ -100,8 +100,10 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
         bb = config.vision_backbone
         pixel_values = pixel_values.to(self.vision_tower.dtype)
         out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        # A tower trimmed to no blocks records no hidden states: its output is HS[0].
+        states = out.hidden_states or (out.last_hidden_state,)
         strategy = config.vision_feature_select_strategy
-        hidden = {i: patch_tokens(out.hidden_states[i], bb, strategy) for i in config.vision_layers}
+        hidden = {i: patch_tokens(states[i], bb, strategy) for i in config.vision_layers}
         features = torch.cat([hidden[i] for i in config.feature_layers], dim=-1)
         grid = None
         if config.feature_grid is not None:  # the grid of this input size (AnyRes crops share one size)

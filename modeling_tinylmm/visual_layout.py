@@ -4,6 +4,12 @@ The processor decides every piece of geometry (crop grid, unpadded window, inter
 frame size, newlines) and writes it into `image_layout`, a LongTensor (num_visual_inputs,
 len(LAYOUT_FIELDS)) with one row per image or video, in the order of their placeholders in the batch.
 This module only follows the rows; it recomputes nothing.
+
+Kinds (LLaVA-OneVision in AnyRes modes): IMAGE, one crop's tokens (plus one newline when the image is one of
+several in an AnyRes-mode sample); ANYRES, the base crop's tokens, then the crop grid as one token map,
+unpadded, bilinearly interpolated down, a newline after each row; VIDEO, every frame's token grid pooled
+bilinearly, then one newline after all frames (in pad / resize modes the model has no `image_newline`: frames
+are pooled the same way, without it).
 """
 
 from __future__ import annotations

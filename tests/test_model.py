@@ -211,3 +211,19 @@ def test_trimmed_tower_equals_the_full_one_on_the_layers_it_keeps():
     assert len(mine) == 3 and len(theirs) == 4
     for a, b in zip(mine, theirs[:3]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("vision", ["clip", "siglip", "dinov2"])
+def test_embedding_output_as_the_feature_layer(vision):
+    # HS[0] needs no block at all: the tower keeps none and its output is the embedding output.
+    model = tiny_model(vision, connector="identity", vision_feature_layer=0)
+    assert (
+        len(model.model.vision_tower.encoder.get_submodule("layers" if vision != "dinov2" else "layer")) == 0
+    )
+    reference = AutoModel.from_config(model.config.vision_config)
+    reference.load_state_dict(model.model.vision_tower.state_dict(), strict=False)
+    px = pixels(model.config)
+    with torch.no_grad():
+        hidden = reference(px, output_hidden_states=True).hidden_states[0]
+        features = model.get_image_features(px)[0]
+    assert torch.equal(features, hidden[0, hidden.shape[1] - 16 :])
