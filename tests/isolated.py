@@ -23,6 +23,8 @@ except ModuleNotFoundError:
     pass
 else:
     raise SystemExit("tinylmm is importable: the isolation failed")
+import torch
+torch.set_num_threads(1)  # as tests/conftest.py: bit-exact comparisons need the same reduction order
 """
 
 
