@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 # Backbones whose token 0 is a CLS token (plus, for DINOv2 with registers, register tokens after it).
-_CLS_BACKBONES = {"clip_vision_model", "clip", "dinov2", "dinov2_with_registers", "vit", "deit", "dinov3_vit"}
-_VIT_BACKBONES = _CLS_BACKBONES | {"siglip_vision_model", "siglip", "siglip2_vision_model", "siglip2"}
+_CLS_BACKBONES = {"clip_vision_model", "clip", "dinov2", "dinov2_with_registers", "vit", "deit"}
+_VIT_BACKBONES = _CLS_BACKBONES | {"siglip_vision_model", "siglip"}
 _CNN_BACKBONES = {"convnext", "convnextv2"}
 # Dual encoders: the vision part lives in `vision_config`.
-_DUAL_ENCODERS = {"clip", "siglip", "siglip2"}
+_DUAL_ENCODERS = {"clip", "siglip"}
 
 SELECT_STRATEGIES = ("default", "full", "drop_first")
 
@@ -62,7 +62,8 @@ def backbone(config) -> Backbone:
         n = config.num_hidden_layers
         prefix = 0
         if model_type in _CLS_BACKBONES:
-            prefix = 1 + getattr(config, "num_register_tokens", 0)
+            # CLS, then DeiT's distillation token or DINOv2's register tokens
+            prefix = 1 + (model_type == "deit") + getattr(config, "num_register_tokens", 0)
         return Backbone(
             model_type,
             "vit",
@@ -116,9 +117,8 @@ def trim(tower: nn.Module, keep_blocks: int) -> None:
     Unused parameters cost compute and memory and, when trainable, break DDP; LLaVA-OneVision drops
     SigLIP's last layer and head the same way.
     """
-    encoder = getattr(tower, "encoder", None)
-    for name in ("layers", "layer", "stages"):
-        blocks = getattr(encoder, name, None)
+    for owner in (getattr(tower, "encoder", None), tower):
+        blocks = next((getattr(owner, n) for n in ("layers", "layer", "stages") if hasattr(owner, n)), None)
         if isinstance(blocks, nn.ModuleList):
             del blocks[keep_blocks:]
             break

@@ -227,3 +227,44 @@ def test_embedding_output_as_the_feature_layer(vision):
         hidden = reference(px, output_hidden_states=True).hidden_states[0]
         features = model.get_image_features(px)[0]
     assert torch.equal(features, hidden[0, hidden.shape[1] - 16 :])
+
+
+@pytest.mark.parametrize(
+    ("model_type", "prefix"),
+    [("dinov2_with_registers", 3), ("vit", 1), ("deit", 2), ("convnextv2", 0)],
+)
+def test_more_backbones_give_their_patches(model_type, prefix):
+    from transformers import AutoConfig
+
+    from modeling_tinylmm import TinyLMMConfig
+
+    if model_type == "convnextv2":
+        kwargs = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], image_size=32)
+    else:
+        kwargs = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
+        if model_type == "dinov2_with_registers":
+            kwargs["num_register_tokens"] = 2
+    vision = AutoConfig.for_model(model_type, **kwargs)
+    config = TinyLMMConfig(
+        vision_config=vision, text_config=tiny_config().text_config, connector_type="identity"
+    )
+    model = TinyLMMForConditionalGeneration(config)
+    assert config.vision_backbone.num_prefix_tokens == prefix
+    px = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        features = model.get_image_features(px)[0]
+        hidden = model.model.vision_tower(px, output_hidden_states=True).hidden_states[-1]
+    tokens = 1 if model_type == "convnextv2" else 16  # ConvNeXt V2: stride 32 -> 1x1
+    assert features.shape == (tokens, 32) and config.image_seq_length == tokens
+    if model_type != "convnextv2":
+        assert torch.equal(features, hidden[0, prefix:])
+    # Blocks after the feature layer and pooling heads are dropped: every tower parameter gets a gradient.
+    model.get_image_features(px)[0].sum().backward()
+    assert [n for n, p in model.model.vision_tower.named_parameters() if p.grad is None] == []
