@@ -8,8 +8,8 @@ lands on one side only, chosen by a stable hash of its content.
 from __future__ import annotations
 
 import hashlib
-import re
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
@@ -54,20 +54,21 @@ CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 # Every sentence the world speaks; `vocabulary()` reads its words from here.
 TEMPLATES = (
-    "{n} shapes : a {size} {colour} {shape} at the {position} , .",
-    "What colour is the {shape} ?",
-    "What shape is the {colour} object ?",
-    "How many shapes are there ?",
-    "How many {shapes} are there ?",
-    "Where is the {colour} {shape} ?",
-    "Is the {colour} {shape} {relation} the {colour} {shape} ?",
-    "Is there a {colour} {shape} in the image ?",
-    "Is there a {shape} in the image ?",
+    "There is {n} shape, There are {n} shapes, a {size} {colour} {shape} at the {position}.",
+    "What colour is the {shape}?",
+    "What shape is the {colour} object?",
+    "How many shapes are there?",
+    "How many {shapes} are there?",
+    "Where is the {colour} {shape}?",
+    "Is the {colour} {shape} {relation} the {colour} {shape}?",
+    "Is there a {colour} {shape} in the image?",
+    "Is there a {shape} in the image?",
     "yes no center",
-    "system user assistant You are a helpful assistant .",
+    "{shape}: {size} {colour} {position}, none.",
+    "system user assistant You are a helpful assistant.",
     SHORT_ANSWER,
     DESCRIBE,
-    "Answer with the option's letter from the given choices directly .",
+    "Answer with the option's letter from the given choices directly.",
     "A B C D E",
 )
 
@@ -192,7 +193,30 @@ def blank_image(image_size: int = 48) -> Image.Image:
 def caption(scene: Scene) -> str:
     parts = [f"a {o.size} {o.colour} {o.shape} at the {position_name(o.cell)}" for o in scene.objects]
     n = len(scene.objects)
-    return f"{n} {'shape' if n == 1 else 'shapes'} : " + " , ".join(parts) + " ."
+    head = "There is 1 shape" if n == 1 else f"There are {n} shapes"
+    return f"{head}, " + ", ".join(parts) + "."
+
+
+def inventory(scene: Scene, key: str = "shape") -> str:
+    """A dense caption: every shape kind (or every colour) in a fixed order, with its objects or "none".
+
+    "circle: large red top left. square: none. ..." Each attribute is written right after the word it
+    is looked up by, and every absent kind is named, so that one caption trains the lookups that
+    questions need (the colour of a shape, the shape of a colour, where an object is, whether a kind is
+    there) on every object at once.
+    """
+    if key not in ("shape", "colour"):
+        raise ValueError(f"inventory key must be 'shape' or 'colour', got {key!r}")
+    parts = []
+    for kind in SHAPES if key == "shape" else COLOURS:
+        objs = [o for o in scene.objects if (o.shape if key == "shape" else o.colour) == kind]
+        objs.sort(key=lambda o: (list(COLOURS).index(o.colour), SHAPES.index(o.shape)))
+        if key == "shape":
+            body = ", ".join(f"{o.size} {o.colour} {position_name(o.cell)}" for o in objs)
+        else:
+            body = ", ".join(f"{o.size} {o.shape} {position_name(o.cell)}" for o in objs)
+        parts.append(f"{kind}: {body or 'none'}.")
+    return " ".join(parts)
 
 
 def _relation_holds(a: Obj, b: Obj, relation: str) -> bool:
@@ -210,16 +234,18 @@ def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, list[tupl
     shapes, colours = scene.shapes(), scene.colours()
     present = {(o.shape, o.colour) for o in scene.objects}
     out: dict[str, list[tuple[str, str]]] = {}
-    out["colour"] = [(f"What colour is the {o.shape} ?", o.colour) for o in scene.objects if shapes[o.shape] == 1]
+    out["colour"] = [
+        (f"What colour is the {o.shape}?", o.colour) for o in scene.objects if shapes[o.shape] == 1
+    ]
     out["shape"] = [
-        (f"What shape is the {o.colour} object ?", o.shape) for o in scene.objects if colours[o.colour] == 1
+        (f"What shape is the {o.colour} object?", o.shape) for o in scene.objects if colours[o.colour] == 1
     ]
     shape = rng.choice(SHAPES)
     out["count"] = [
-        ("How many shapes are there ?", str(len(scene.objects))),
-        (f"How many {PLURALS[shape]} are there ?", str(shapes[shape])),
+        ("How many shapes are there?", str(len(scene.objects))),
+        (f"How many {PLURALS[shape]} are there?", str(shapes[shape])),
     ]
-    out["position"] = [(f"Where is the {o.name} ?", position_name(o.cell)) for o in scene.objects]
+    out["position"] = [(f"Where is the {o.name}?", position_name(o.cell)) for o in scene.objects]
 
     relation: list[tuple[str, str]] = []
     pairs = [p for pair in combinations(scene.objects, 2) for p in (pair, pair[::-1])]
@@ -229,34 +255,39 @@ def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, list[tupl
         false = [r for r in RELATIONS if not _relation_holds(a, b, r)]
         for rels, answer in ((true, "yes"), (false, "no")):
             if rels:
-                relation.append((f"Is the {a.name} {rng.choice(rels)} the {b.name} ?", answer))
+                relation.append((f"Is the {a.name} {rng.choice(rels)} the {b.name}?", answer))
     out["relation"] = relation
 
     # Existence, bound to a colour: the hard negatives pair a present colour with a present shape.
     o = rng.choice(scene.objects)
-    existence = [(f"Is there a {o.name} in the image ?", "yes")]
+    existence = [(f"Is there a {o.name} in the image?", "yes")]
     bound = [(s, c) for s in shapes for c in colours if (s, c) not in present]
     absent = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present]
     s, c = rng.choice(bound) if bound and rng.random() < 0.5 else rng.choice(absent)
-    existence.append((f"Is there a {c} {s} in the image ?", "no"))
+    existence.append((f"Is there a {c} {s} in the image?", "no"))
     # Existence of a kind of shape, as POPE asks it; negatives drawn uniformly from the absent kinds.
     kinds_absent = [s for s in SHAPES if s not in shapes]
-    existence.append((f"Is there a {rng.choice(list(shapes))} in the image ?", "yes"))
+    existence.append((f"Is there a {rng.choice(list(shapes))} in the image?", "yes"))
     if kinds_absent:
-        existence.append((f"Is there a {rng.choice(kinds_absent)} in the image ?", "no"))
+        existence.append((f"Is there a {rng.choice(kinds_absent)} in the image?", "no"))
     out["existence"] = existence
     return {k: v for k, v in out.items() if v}
 
 
-def sample_questions(scene: Scene, rng: random.Random, k: int) -> list[tuple[str, str, str]]:
-    """Up to `k` (type, question, answer) triples about a scene, types drawn uniformly, no repeats."""
+def sample_questions(
+    scene: Scene, rng: random.Random, k: int, weights: dict[str, float] | None = None
+) -> list[tuple[str, str, str]]:
+    """Up to `k` (type, question, answer) triples about a scene, no repeats; types drawn with `weights`
+    (uniformly by default)."""
     candidates = candidate_questions(scene, rng)
+    types = list(candidates)
+    type_weights = [(weights or {}).get(t, 1.0) for t in types]
     picked: list[tuple[str, str, str]] = []
     seen = set()
     for _ in range(4 * k):
         if len(picked) == k:
             break
-        qtype = rng.choice(list(candidates))
+        qtype = rng.choices(types, type_weights)[0]
         question, answer = rng.choice(candidates[qtype])
         if question not in seen:
             seen.add(question)
@@ -306,7 +337,7 @@ def pope_questions(
     else:
         raise ValueError(f"unknown POPE split {split!r}; expected one of {POPE_SPLITS}")
     probes = [(s, "yes") for s in positives] + [(s, "no") for s in negatives]
-    return [(s, f"Is there a {s} in the image ?", label) for s, label in probes]
+    return [(s, f"Is there a {s} in the image?", label) for s, label in probes]
 
 
 # Datasets --------------------------------------------------------------------------------------------
@@ -321,12 +352,16 @@ def assistant_turn(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
-def caption_rows(scenes: list[Scene], image_size: int = 48) -> list[dict]:
-    """Alignment rows: the image, then its caption (for the `plain` template)."""
-    return [
-        {"messages": [user_turn("", True), assistant_turn(caption(s))], "images": [render(s, image_size)]}
-        for s in scenes
-    ]
+def caption_rows(scenes: list[Scene], image_size: int = 48, render_images: bool = True) -> list[dict]:
+    """Alignment rows: the image, then its caption (for the `plain` template). Without `render_images`
+    the rows carry no images (the caller stores them, one per scene, in order)."""
+    rows = []
+    for scene in scenes:
+        row = {"messages": [user_turn("", True), assistant_turn(caption(scene))]}
+        if render_images:
+            row["images"] = [render(scene, image_size)]
+        rows.append(row)
+    return rows
 
 
 def qa_rows(
@@ -335,6 +370,7 @@ def qa_rows(
     image_size: int = 48,
     turns: tuple[int, int] = (2, 4),
     caption_fraction: float = 0.2,
+    render_images: bool = True,
 ) -> list[dict]:
     """Multi-turn SFT rows: short-answer questions about the scene; some chats start with a description."""
     rng = random.Random(f"qa-{seed}")
@@ -345,7 +381,11 @@ def qa_rows(
             messages += [user_turn(DESCRIBE, True), assistant_turn(caption(scene))]
         for _, question, answer in sample_questions(scene, rng, rng.randint(*turns)):
             messages += [user_turn(f"{question}\n{SHORT_ANSWER}", not messages), assistant_turn(answer)]
-        rows.append({"messages": messages, "images": [render(scene, image_size)]})
+        rows.append(
+            {"messages": messages, "images": [render(scene, image_size)]}
+            if render_images
+            else {"messages": messages}
+        )
     return rows
 
 
@@ -375,7 +415,9 @@ def pope_items(scenes: list[Scene], reference: list[Scene], seed: int) -> list[d
         rng = random.Random(f"pope-{seed}-{split}")
         for i, scene in enumerate(scenes):
             for shape, question, label in pope_questions(scene, split, rng, frequency, cooccurrence):
-                items.append({"scene": i, "split": split, "object": shape, "question": question, "label": label})
+                items.append(
+                    {"scene": i, "split": split, "object": shape, "question": question, "label": label}
+                )
     return items
 
 
@@ -403,7 +445,7 @@ def build_tokenizer(chat_template: str | None = None):
 
     A closed word-level vocabulary keeps sequences short: one token per word.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = [SPECIAL_TOKENS["pad_token"], SPECIAL_TOKENS["unk_token"], SPECIAL_TOKENS["bos_token"]]
@@ -411,6 +453,10 @@ def build_tokenizer(chat_template: str | None = None):
     vocab = {tok: i for i, tok in enumerate(specials + vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Words are joined with spaces, without one before punctuation ("circle ?" -> "circle?").
+    tok.decoder = decoders.Sequence(
+        [decoders.WordPiece(prefix="##", cleanup=True), decoders.Replace(" :", ":")]
+    )
     tok.add_special_tokens(specials)  # matched whole, before the text is split into words
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
