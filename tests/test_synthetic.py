@@ -61,6 +61,43 @@ def test_caption_lists_every_object_with_its_position():
     )
 
 
+def test_inventory_names_every_kind_and_answers_presence():
+    scene = W.Scene(
+        (
+            W.Obj("circle", "red", "large", 0),
+            W.Obj("circle", "blue", "small", 8),
+            W.Obj("ring", "blue", "large", 4),
+        ),
+        seed=0,
+    )
+    assert W.inventory(scene, "shape") == (
+        "circle: yes, large red top left, small blue bottom right. square: no. triangle: no. diamond: no. "
+        "cross: no. ring: yes, large blue center."
+    )
+    assert W.inventory(scene, "colour") == (
+        "red: yes, large circle top left. green: no. blue: yes, small circle bottom right, large ring center. "
+        "yellow: no. purple: no. white: no."
+    )
+    with pytest.raises(ValueError, match="inventory key"):
+        W.inventory(scene, "size")
+
+
+def test_caption_rows_mix_both_inventory_keys(scenes):
+    rows = W.caption_rows(scenes[:100], seed=0, render_images=False)
+    firsts = Counter(r["messages"][1]["content"][0]["text"].split(":")[0] for r in rows)
+    assert set(firsts) == {"circle", "red"} and min(firsts.values()) > 30
+    assert all("images" not in r for r in rows)
+
+
+def test_question_weights_shift_the_mix(scenes):
+    def share(weights):
+        rows = W.qa_rows(scenes, seed=0, weights=weights, caption_fraction=0.0, render_images=False)
+        questions = [m["content"][-1]["text"] for r in rows for m in r["messages"] if m["role"] == "user"]
+        return sum(q.startswith("Is there") for q in questions) / len(questions)
+
+    assert share({"existence": 3.0}) > 1.8 * share(None)
+
+
 def _objects_named(scene, text):
     return [o for o in scene.objects if f"{o.colour} {o.shape}" in text]
 
@@ -171,7 +208,7 @@ def test_pope_probes_follow_the_three_samplers(scenes):
 
 def test_tokenizer_covers_the_world_and_keeps_special_tokens_whole(scenes, tmp_path):
     tok = W.build_tokenizer()
-    rows = W.qa_rows(scenes[:100], seed=0) + W.caption_rows(scenes[:20])
+    rows = W.qa_rows(scenes[:100], seed=0) + W.caption_rows(scenes[:20], seed=0)
     texts = [p["text"] for r in rows for m in r["messages"] for p in m["content"] if p["type"] == "text"]
     for text in texts:
         ids = tok(text, add_special_tokens=False).input_ids

@@ -20,7 +20,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,8 @@ class DemoSettings:
     vqa_per_scene: int = 2
     sft_turns: tuple[int, int] = (2, 4)
     caption_fraction: float = 0.2  # SFT chats that start with a description (captions mixed back in)
+    # Yes/no answers learn slowest (no single image feature predicts them): ask them more often.
+    question_weights: dict = field(default_factory=lambda: {"existence": 2.0})
     # The model.
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -55,7 +57,7 @@ class DemoSettings:
     text_init_std: float = 0.1
     # Training: everything trains in both stages (every part starts from random weights).
     batch_size: int = 32
-    align_steps: int = 1500
+    align_steps: int = 1000
     align_lr: float = 1e-3
     sft_steps: int = 1500
     sft_lr: float = 1e-3
@@ -104,7 +106,7 @@ def write_world(folder: Path, s: DemoSettings) -> dict:
 
     align = [
         {"image": f"images/train_{i:05d}.png", "conversations": _llava_conversation(row["messages"])}
-        for i, row in enumerate(world.caption_rows(train, s.image_size, render_images=False))
+        for i, row in enumerate(world.caption_rows(train, s.seed, s.image_size, render_images=False))
     ]
     sft_rows = world.qa_rows(
         train,
@@ -112,6 +114,7 @@ def write_world(folder: Path, s: DemoSettings) -> dict:
         s.image_size,
         turns=s.sft_turns,
         caption_fraction=s.caption_fraction,
+        weights=s.question_weights,
         render_images=False,
     )
     sft = [

@@ -38,7 +38,7 @@ BACKGROUND = (20, 20, 20)
 BLANK = (128, 128, 128)
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
-DESCRIBE = "Describe the image."
+DESCRIBE_BY = {"shape": "List the shapes by kind.", "colour": "List the shapes by colour."}
 QUESTION_TYPES = ("colour", "shape", "count", "position", "relation", "existence")
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
 NUMBERS = ("0", "1", "2", "3", "4")
@@ -64,10 +64,10 @@ TEMPLATES = (
     "Is there a {colour} {shape} in the image?",
     "Is there a {shape} in the image?",
     "yes no center",
-    "{shape}: {size} {colour} {position}, none.",
+    "{shape}: yes, {size} {colour} {position}, no.",
     "system user assistant You are a helpful assistant.",
     SHORT_ANSWER,
-    DESCRIBE,
+    *DESCRIBE_BY.values(),
     "Answer with the option's letter from the given choices directly.",
     "A B C D E",
 )
@@ -198,12 +198,13 @@ def caption(scene: Scene) -> str:
 
 
 def inventory(scene: Scene, key: str = "shape") -> str:
-    """A dense caption: every shape kind (or every colour) in a fixed order, with its objects or "none".
+    """A dense caption: every shape kind (or every colour) in a fixed order, whether it is there, and its
+    objects.
 
-    "circle: large red top left. square: none. ..." Each attribute is written right after the word it
-    is looked up by, and every absent kind is named, so that one caption trains the lookups that
-    questions need (the colour of a shape, the shape of a colour, where an object is, whether a kind is
-    there) on every object at once.
+    "circle: yes, large red top left. square: no. ..." Each fact is written right after the word it is
+    looked up by, and every kind is named, present or not, so that one caption trains, on every object
+    at once, the lookups that questions need: whether a kind is there (the POPE question, answered with
+    the same "yes" / "no" tokens), the colour of a shape or the shape of a colour, where an object is.
     """
     if key not in ("shape", "colour"):
         raise ValueError(f"inventory key must be 'shape' or 'colour', got {key!r}")
@@ -211,11 +212,9 @@ def inventory(scene: Scene, key: str = "shape") -> str:
     for kind in SHAPES if key == "shape" else COLOURS:
         objs = [o for o in scene.objects if (o.shape if key == "shape" else o.colour) == kind]
         objs.sort(key=lambda o: (list(COLOURS).index(o.colour), SHAPES.index(o.shape)))
-        if key == "shape":
-            body = ", ".join(f"{o.size} {o.colour} {position_name(o.cell)}" for o in objs)
-        else:
-            body = ", ".join(f"{o.size} {o.shape} {position_name(o.cell)}" for o in objs)
-        parts.append(f"{kind}: {body or 'none'}.")
+        other = (lambda o: o.colour) if key == "shape" else (lambda o: o.shape)
+        body = ", ".join(f"{o.size} {other(o)} {position_name(o.cell)}" for o in objs)
+        parts.append(f"{kind}: yes, {body}." if objs else f"{kind}: no.")
     return " ".join(parts)
 
 
@@ -352,12 +351,23 @@ def assistant_turn(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
-def caption_rows(scenes: list[Scene], image_size: int = 48, render_images: bool = True) -> list[dict]:
-    """Alignment rows: the image, then its caption (for the `plain` template). Without `render_images`
-    the rows carry no images (the caller stores them, one per scene, in order)."""
+def describe(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """A description request and its answer: the scene's inventory keyed by shape or by colour."""
+    key = rng.choice(("shape", "colour"))
+    return DESCRIBE_BY[key], inventory(scene, key)
+
+
+def caption_rows(
+    scenes: list[Scene], seed: int, image_size: int = 48, render_images: bool = True
+) -> list[dict]:
+    """Alignment rows: the image, then its inventory (for the `plain` template, which shows the image and
+    the caption only). Without `render_images` the rows carry no images (the caller stores them, one per
+    scene, in order)."""
+    rng = random.Random(f"captions-{seed}")
     rows = []
     for scene in scenes:
-        row = {"messages": [user_turn("", True), assistant_turn(caption(scene))]}
+        prompt, text = describe(scene, rng)
+        row = {"messages": [user_turn(prompt, True), assistant_turn(text)]}
         if render_images:
             row["images"] = [render(scene, image_size)]
         rows.append(row)
@@ -370,22 +380,24 @@ def qa_rows(
     image_size: int = 48,
     turns: tuple[int, int] = (2, 4),
     caption_fraction: float = 0.2,
+    weights: dict[str, float] | None = None,
     render_images: bool = True,
 ) -> list[dict]:
-    """Multi-turn SFT rows: short-answer questions about the scene; some chats start with a description."""
+    """Multi-turn SFT rows: short-answer questions about the scene (question types drawn with `weights`);
+    a `caption_fraction` of the chats start with a description, so that alignment is not forgotten."""
     rng = random.Random(f"qa-{seed}")
     rows = []
     for scene in scenes:
         messages: list[dict] = []
         if rng.random() < caption_fraction:
-            messages += [user_turn(DESCRIBE, True), assistant_turn(caption(scene))]
-        for _, question, answer in sample_questions(scene, rng, rng.randint(*turns)):
+            prompt, text = describe(scene, rng)
+            messages += [user_turn(prompt, True), assistant_turn(text)]
+        for _, question, answer in sample_questions(scene, rng, rng.randint(*turns), weights):
             messages += [user_turn(f"{question}\n{SHORT_ANSWER}", not messages), assistant_turn(answer)]
-        rows.append(
-            {"messages": messages, "images": [render(scene, image_size)]}
-            if render_images
-            else {"messages": messages}
-        )
+        row = {"messages": messages}
+        if render_images:
+            row["images"] = [render(scene, image_size)]
+        rows.append(row)
     return rows
 
 
