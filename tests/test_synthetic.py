@@ -98,6 +98,19 @@ def test_question_weights_shift_the_mix(scenes):
     assert share({"existence": 3.0}) > 1.8 * share(None)
 
 
+@pytest.mark.parametrize("every_turn", [False, True])
+def test_short_answer_instruction_placement(scenes, every_turn):
+    rows = W.qa_rows(
+        scenes[:60], seed=0, caption_fraction=0.0, suffix_every_turn=every_turn, render_images=False
+    )
+    chats = [[m["content"][-1]["text"] for m in r["messages"] if m["role"] == "user"] for r in rows]
+    assert sum(len(questions) > 1 for questions in chats) > len(chats) / 2
+    for questions in chats:
+        assert questions[0].endswith(W.SHORT_ANSWER)
+        assert all(q.endswith(W.SHORT_ANSWER) == every_turn for q in questions[1:])
+        assert all(q.count("?") == 1 for q in questions)
+
+
 def _objects_named(scene, text):
     return [o for o in scene.objects if f"{o.colour} {o.shape}" in text]
 

@@ -381,10 +381,15 @@ def qa_rows(
     turns: tuple[int, int] = (2, 4),
     caption_fraction: float = 0.2,
     weights: dict[str, float] | None = None,
+    suffix_every_turn: bool = False,
     render_images: bool = True,
 ) -> list[dict]:
     """Multi-turn SFT rows: short-answer questions about the scene (question types drawn with `weights`);
-    a `caption_fraction` of the chats start with a description, so that alignment is not forgotten."""
+    a `caption_fraction` of the chats start with a description, so that alignment is not forgotten.
+
+    The first question carries the short-answer instruction (LLaVA-1.5's VQA prompt); later ones only with
+    `suffix_every_turn`: the instruction holds for the whole chat, and repeating it makes a chat a fifth
+    longer."""
     rng = random.Random(f"qa-{seed}")
     rows = []
     for scene in scenes:
@@ -392,8 +397,9 @@ def qa_rows(
         if rng.random() < caption_fraction:
             prompt, text = describe(scene, rng)
             messages += [user_turn(prompt, True), assistant_turn(text)]
-        for _, question, answer in sample_questions(scene, rng, rng.randint(*turns), weights):
-            messages += [user_turn(f"{question}\n{SHORT_ANSWER}", not messages), assistant_turn(answer)]
+        for j, (_, question, answer) in enumerate(sample_questions(scene, rng, rng.randint(*turns), weights)):
+            text = f"{question}\n{SHORT_ANSWER}" if j == 0 or suffix_every_turn else question
+            messages += [user_turn(text, not messages), assistant_turn(answer)]
         row = {"messages": messages}
         if render_images:
             row["images"] = [render(scene, image_size)]
