@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import IMAGE_TOKEN, VOCAB, image_prompt, pixels, tiny_config, tiny_model
+from conftest import IMAGE_TOKEN, VISION, VOCAB, image_prompt, pixels, tiny_config, tiny_model
 from transformers import AutoModel, CLIPVisionModel
 
 from modeling_tinylmm import TinyLMMForConditionalGeneration
@@ -241,14 +241,7 @@ def test_more_backbones_give_their_patches(model_type, prefix):
     if model_type == "convnextv2":
         kwargs = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], image_size=32)
     else:
-        kwargs = dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        )
+        kwargs = {k: v for k, v in VISION["clip"].items() if k != "model_type"}  # the same tiny ViT shape
         if model_type == "dinov2_with_registers":
             kwargs["num_register_tokens"] = 2
     vision = AutoConfig.for_model(model_type, **kwargs)
