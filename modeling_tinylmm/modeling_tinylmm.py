@@ -15,14 +15,17 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_tinylmm import TinyLMMConfig
 from .connectors import QFormerConnector, ResamplerConnector, resolve_connector
 from .vision_features import patch_tokens, trim, vision_part
 from .visual_layout import arrange
+
+# The name transformers gives the KV cache, as an output field and as the LLM's keyword: `cache` from 5.24 on,
+# `past_key_values` before. Everything here passes it on under that name and declares no field of its own.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -31,13 +34,29 @@ class TinyLMMModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class TinyLMMCausalLMOutputWithPast(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class TinyLMMCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_hidden_states: torch.Tensor | None = None
+
+
+def _take_cache(kwargs: dict) -> Cache | None:
+    """The cache, under whichever name the caller (generate, TRL, a user) used."""
+    caches = [kwargs.pop(name) for name in ("cache", "past_key_values") if name in kwargs]
+    caches = [c for c in caches if c is not None]
+    if len(caches) > 1:
+        raise ValueError("pass the KV cache once, as `cache` or `past_key_values`, not both.")
+    return caches[0] if caches else None
+
+
+def _positions_to_keep(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """Hidden states of the positions whose logits are wanted: the last N (0 = all), 1-D indices, per-row
+    (batch, positions) indices, or a boolean (batch, length) mask (flattened to (kept, D))."""
+    if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.ndim == 2:
+        if logits_to_keep.dtype == torch.bool:
+            return hidden[logits_to_keep]
+        return torch.take_along_dim(hidden, logits_to_keep[..., None], dim=1)
+    if isinstance(logits_to_keep, int):
+        logits_to_keep = slice(-logits_to_keep, None)
+    return hidden[:, logits_to_keep]
 
 
 class TinyLMMPreTrainedModel(PreTrainedModel):
@@ -46,7 +65,7 @@ class TinyLMMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_FIELD]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -128,11 +147,13 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         image_layout: torch.Tensor | None = None,
         **kwargs,
     ) -> TinyLMMModelOutputWithPast:
+        """The cache comes in `kwargs` as `cache` (or `past_key_values`) and goes to the LLM under the name the
+        installed transformers uses."""
+        cache = _take_cache(kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
@@ -156,7 +177,7 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask.unsqueeze(-1).to(inputs_embeds.device), image_features.to(inputs_embeds)
             )
-        elif input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+        elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
             n_tokens = int(self._placeholder_mask(input_ids).sum())
             if n_tokens:
                 raise ValueError(f"input_ids hold {n_tokens} image tokens but no pixel_values were given.")
@@ -165,15 +186,15 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{CACHE_FIELD: cache},
             **kwargs,
         )
         return TinyLMMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 
@@ -230,7 +251,6 @@ class TinyLMMForConditionalGeneration(TinyLMMPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         image_layout: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -242,12 +262,11 @@ class TinyLMMForConditionalGeneration(TinyLMMPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             image_layout=image_layout,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        logits = self.lm_head(_positions_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -256,10 +275,10 @@ class TinyLMMForConditionalGeneration(TinyLMMPreTrainedModel, GenerationMixin):
         return TinyLMMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     @classmethod
