@@ -8,5 +8,5 @@ tinylmm build --vision_model google/siglip-so400m-patch14-384 --text_model Qwen/
   --connector_type mlp2x_gelu --image_aspect_ratio anyres_max_9 --image_grid_pinpoints "$PINPOINTS" \
   --chat_template chatml --output_dir checkpoints/onevision/build
 for stage in stage1 stage1_5 stage2; do
-  $LAUNCH -m trainers.cli train --config "examples/recipes/onevision_${stage}.yaml" "$@"
+  $LAUNCH -m trainers.cli train --config "onevision_${stage}" "$@"
 done

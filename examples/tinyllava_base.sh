@@ -10,5 +10,5 @@ LAUNCH=${LAUNCH:-python}
 
 tinylmm build --vision_model "$VISION" --text_model "$LLM" --connector_type mlp2x_gelu \
   --chat_template "$TEMPLATE" --output_dir checkpoints/base/build
-$LAUNCH -m trainers.cli train --config examples/recipes/base_align.yaml "$@"
-$LAUNCH -m trainers.cli train --config examples/recipes/base_sft.yaml "$@"
+$LAUNCH -m trainers.cli train --config base_align "$@"
+$LAUNCH -m trainers.cli train --config base_sft "$@"

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 CONNECTORS: dict[str, type[Connector]] = {}
@@ -101,6 +102,11 @@ class Connector(nn.Module):
                 f"vision_feature_select_strategy={config.vision_feature_select_strategy!r} keeps non-patch "
                 f"tokens of the {config.vision_config.model_type} backbone; use 'default'."
             )
+
+    def init_weights(self) -> None:
+        """Initialise the connector's own parameters (learned queries and the like) when the model is built
+        from a config; layers transformers knows (Linear, LayerNorm …) are initialised by the model. Use
+        `transformers.initialization`'s functions, which leave loaded weights alone."""
 
     def forward(self, features: torch.Tensor, hidden_states: dict[int, torch.Tensor], grid) -> torch.Tensor:
         raise NotImplementedError
@@ -205,6 +211,9 @@ class ResamplerConnector(Connector):
             self.layers.append(nn.ModuleList([_LatentAttention(dim, heads, dim_head), ff]))
         self.norm = nn.LayerNorm(dim)
 
+    def init_weights(self) -> None:
+        init.normal_(self.latents, std=0.02)
+
     def forward(self, features, hidden_states, grid):
         x = self.proj(features)
         latents = self.latents.to(x.dtype).expand(x.shape[0], -1, -1)
@@ -240,6 +249,9 @@ class QFormerConnector(Connector):
         self.queries = nn.Parameter(torch.randn(1, connector_option(config, "num_queries", 32), width) * 0.02)
         self.qformer = Blip2QFormerModel(qconfig)
         self.proj = nn.Linear(width, config.text_config.hidden_size)
+
+    def init_weights(self) -> None:
+        init.normal_(self.queries, std=0.02)
 
     def forward(self, features, hidden_states, grid):
         queries = self.queries.expand(features.shape[0], -1, -1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,8 +20,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_tinylmm import TinyLMMConfig
-from .connectors import QFormerConnector, ResamplerConnector, resolve_connector
-from .vision_features import patch_tokens, trim, vision_part
+from .connectors import Connector, resolve_connector
+from .vision_features import block_list, patch_tokens, trim, vision_part
 from .visual_layout import arrange
 
 # The name transformers gives the KV cache, as an output field and as the LLM's keyword: `cache` from 5.24 on,
@@ -76,10 +77,8 @@ class TinyLMMPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, TinyLMMModel) and module.image_newline is not None:
             init.normal_(module.image_newline, std=module.config.text_config.hidden_size**-0.5)
-        elif isinstance(module, ResamplerConnector):
-            init.normal_(module.latents, std=0.02)
-        elif isinstance(module, QFormerConnector):
-            init.normal_(module.queries, std=0.02)
+        elif isinstance(module, Connector):
+            module.init_weights()
 
 
 class TinyLMMModel(TinyLMMPreTrainedModel):
@@ -200,6 +199,20 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
 
 class TinyLMMForConditionalGeneration(TinyLMMPreTrainedModel, GenerationMixin):
     """TinyLMM with a language-modelling head: the class `AutoModelForImageTextToText` loads."""
+
+    # The model's parts as dotted prefixes from its root: recipes, LoRA and quantisation name parts by these
+    # keys and never spell the module names themselves. `vision_blocks` adds the encoder's block list.
+    parts: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision_tower": ("model.vision_tower",),
+        "connector": ("model.connector", "model.image_newline"),
+        "language_model": ("model.language_model", "lm_head"),
+        "lm_head": ("lm_head",),
+    }
+
+    @property
+    def vision_blocks(self) -> str:
+        """Dotted name of the vision encoder's block list (`model.vision_tower.encoder.layers` for a ViT)."""
+        return f"model.vision_tower.{block_list(self.model.vision_tower)}"
 
     def __init__(self, config: TinyLMMConfig):
         super().__init__(config)

@@ -111,17 +111,29 @@ def is_spatial(bb: Backbone, strategy: str) -> bool:
     return kept_prefix == 0
 
 
+# Where backbones keep their block list: under the encoder (CLIP, SigLIP, DINOv2, ViT: layers / layer; ConvNeXt:
+# stages) or, for some, at the top level.
+_BLOCK_LISTS = ("encoder.layers", "encoder.layer", "encoder.stages", "layers", "layer", "stages")
+
+
+def block_list(tower: nn.Module) -> str:
+    """Dotted name of a vision tower's list of blocks (the ones HS[1..] are the outputs of)."""
+    for name in _BLOCK_LISTS:
+        try:
+            if isinstance(tower.get_submodule(name), nn.ModuleList):
+                return name
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find the block list of the {type(tower).__name__} vision tower.")
+
+
 def trim(tower: nn.Module, keep_blocks: int) -> None:
     """Drop what the model never reads: blocks after the last needed hidden state and pooling heads.
 
     Unused parameters cost compute and memory and, when trainable, break DDP; LLaVA-OneVision drops
     SigLIP's last layer and head the same way.
     """
-    for owner in (getattr(tower, "encoder", None), tower):
-        blocks = next((getattr(owner, n) for n in ("layers", "layer", "stages") if hasattr(owner, n)), None)
-        if isinstance(blocks, nn.ModuleList):
-            del blocks[keep_blocks:]
-            break
+    del tower.get_submodule(block_list(tower))[keep_blocks:]
     for name in ("post_layernorm", "head", "layernorm", "pooler"):
         if isinstance(getattr(tower, name, None), nn.Module):
             setattr(tower, name, nn.Identity())

@@ -7,7 +7,16 @@ names saved in processor_config.json) and marks them for `register_for_auto_clas
 
 from transformers import AutoImageProcessor, AutoProcessor
 
-from .chat_templates import CHAT_TEMPLATES, guess_template_name, resolve_chat_template, template_for
+from .chat_templates import (
+    CHAT_TEMPLATES,
+    END_OF_TURN,
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    end_of_turn_ids,
+    guess_template_name,
+    resolve_chat_template,
+    template_for,
+)
 from .image_processing_tinylmm import LAYOUT_FIELDS, TinyLMMImageProcessor
 from .processing_tinylmm import TinyLMMProcessor
 
@@ -19,9 +28,13 @@ TinyLMMProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "END_OF_TURN",
+    "IMAGE_TOKEN",
+    "VIDEO_TOKEN",
     "LAYOUT_FIELDS",
     "TinyLMMImageProcessor",
     "TinyLMMProcessor",
+    "end_of_turn_ids",
     "guess_template_name",
     "resolve_chat_template",
     "template_for",

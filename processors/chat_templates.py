@@ -9,14 +9,27 @@ text *and its end-of-turn token* sit inside {% generation %} … {% endgeneratio
 
 from __future__ import annotations
 
+# The markers written in text where an image / a video goes (the processor expands each into placeholders).
+IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
+
+# The token that ends a turn in each family; None: the tokenizer's EOS token (Vicuna, plain). Templates write
+# these tokens and generation stops at them (`end_of_turn_ids`).
+END_OF_TURN = {
+    "chatml": "<|im_end|>",
+    "llama3": "<|eot_id|>",
+    "phi3": "<|end|>",
+    "gemma": "<end_of_turn>",
+    "vicuna": None,
+    "plain": None,
+}
 # Renders `content` (a string or a list of parts). Markers default to <image> / <video> when the caller
 # gives no `image_token` / `video_token` variables (e.g. a plain tokenizer.apply_chat_template call).
 _CONTENT = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for part in content -%}"
-    "{%- if part.type == 'image' -%}{{ (image_token | default('<image>')) + '\\n' }}"
-    "{%- elif part.type == 'video' -%}{{ (video_token | default('<video>')) + '\\n' }}"
+    "{%- if part.type == 'image' -%}{{ (image_token | default('" + IMAGE_TOKEN + "')) + '\\n' }}"
+    "{%- elif part.type == 'video' -%}{{ (video_token | default('" + VIDEO_TOKEN + "')) + '\\n' }}"
     "{%- elif part.type == 'text' -%}{{ part.text }}"
     "{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
@@ -26,10 +39,14 @@ _CONTENT = (
 CHATML = _CONTENT + (
     "{%- for message in messages -%}"
     "{%- if message.role == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(message.content) + '<|im_end|>' }}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ render(message.content) + '"
+    + END_OF_TURN["chatml"]
+    + "' }}"
     "{% endgeneration %}{{ '\\n' }}"
     "{%- else -%}"
-    "{{ '<|im_start|>' + message.role + '\\n' + render(message.content) + '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>' + message.role + '\\n' + render(message.content) + '"
+    + END_OF_TURN["chatml"]
+    + "\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
@@ -40,8 +57,8 @@ LLAMA3 = _CONTENT + (
     "{%- for message in messages -%}"
     "{{ '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' }}"
     "{%- if message.role == 'assistant' -%}"
-    "{% generation %}{{ render(message.content) + '<|eot_id|>' }}{% endgeneration %}"
-    "{%- else -%}{{ render(message.content) + '<|eot_id|>' }}"
+    "{% generation %}{{ render(message.content) + '" + END_OF_TURN["llama3"] + "' }}{% endgeneration %}"
+    "{%- else -%}{{ render(message.content) + '" + END_OF_TURN["llama3"] + "' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif -%}"
@@ -51,8 +68,10 @@ PHI3 = _CONTENT + (
     "{%- for message in messages -%}"
     "{{ '<|' + message.role + '|>\\n' }}"
     "{%- if message.role == 'assistant' -%}"
-    "{% generation %}{{ render(message.content) + '<|end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{%- else -%}{{ render(message.content) + '<|end|>\\n' }}"
+    "{% generation %}{{ render(message.content) + '"
+    + END_OF_TURN["phi3"]
+    + "' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else -%}{{ render(message.content) + '" + END_OF_TURN["phi3"] + "\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
@@ -65,10 +84,14 @@ GEMMA = _CONTENT + (
     "{%- for message in messages -%}"
     "{%- if message.role == 'system' -%}{%- set ns.system = render(message.content) + '\\n\\n' -%}"
     "{%- elif message.role == 'assistant' -%}"
-    "{{ '<start_of_turn>model\\n' }}{% generation %}{{ render(message.content) + '<end_of_turn>' }}"
+    "{{ '<start_of_turn>model\\n' }}{% generation %}{{ render(message.content) + '"
+    + END_OF_TURN["gemma"]
+    + "' }}"
     "{% endgeneration %}{{ '\\n' }}"
     "{%- else -%}"
-    "{{ '<start_of_turn>' + message.role + '\\n' + ns.system + render(message.content) + '<end_of_turn>\\n' }}"
+    "{{ '<start_of_turn>' + message.role + '\\n' + ns.system + render(message.content) + '"
+    + END_OF_TURN["gemma"]
+    + "\\n' }}"
     "{%- set ns.system = '' -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -105,11 +128,19 @@ PLAIN = (
     "{% endgeneration %}"
     "{%- elif message.role == 'user' -%}"
     "{%- if message.content is string -%}"
-    "{{ (image_token | default('<image>')) * message.content.count(image_token | default('<image>')) }}"
-    "{{ (video_token | default('<video>')) * message.content.count(video_token | default('<video>')) }}"
+    "{{ (image_token | default('"
+    + IMAGE_TOKEN
+    + "')) * message.content.count(image_token | default('"
+    + IMAGE_TOKEN
+    + "')) }}"
+    "{{ (video_token | default('"
+    + VIDEO_TOKEN
+    + "')) * message.content.count(video_token | default('"
+    + VIDEO_TOKEN
+    + "')) }}"
     "{%- else -%}{%- for part in message.content -%}"
-    "{%- if part.type == 'image' -%}{{ image_token | default('<image>') }}"
-    "{%- elif part.type == 'video' -%}{{ video_token | default('<video>') }}{%- endif -%}"
+    "{%- if part.type == 'image' -%}{{ image_token | default('" + IMAGE_TOKEN + "') }}"
+    "{%- elif part.type == 'video' -%}{{ video_token | default('" + VIDEO_TOKEN + "') }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -126,10 +157,10 @@ CHAT_TEMPLATES: dict[str, str] = {
 
 # Special tokens that identify a family in a tokenizer's vocabulary, checked in this order.
 _SIGNATURES = (
-    ("chatml", ("<|im_start|>", "<|im_end|>")),
-    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
-    ("phi3", ("<|assistant|>", "<|end|>")),
-    ("gemma", ("<start_of_turn>", "<end_of_turn>")),
+    ("chatml", ("<|im_start|>", END_OF_TURN["chatml"])),
+    ("llama3", ("<|start_header_id|>", END_OF_TURN["llama3"])),
+    ("phi3", ("<|assistant|>", END_OF_TURN["phi3"])),
+    ("gemma", ("<start_of_turn>", END_OF_TURN["gemma"])),
 )
 
 
@@ -163,4 +194,25 @@ def resolve_chat_template(chat_template: str | None, tokenizer) -> str:
     return chat_template
 
 
-__all__ = ["CHAT_TEMPLATES", "guess_template_name", "resolve_chat_template", "template_for"]
+def end_of_turn_ids(chat_template: str | None, tokenizer) -> list[int]:
+    """Token ids a reply ends with under `chat_template` (a name or Jinja; None: guessed from the
+    tokenizer): the family's end-of-turn token when the template writes it, and the tokenizer's EOS token.
+    Generation stops at any of them."""
+    template = resolve_chat_template(chat_template, tokenizer)
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[t] for t in END_OF_TURN.values() if t is not None and t in template and t in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+__all__ = [
+    "CHAT_TEMPLATES",
+    "END_OF_TURN",
+    "IMAGE_TOKEN",
+    "VIDEO_TOKEN",
+    "end_of_turn_ids",
+    "guess_template_name",
+    "resolve_chat_template",
+    "template_for",
+]

@@ -13,7 +13,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .chat_templates import resolve_chat_template
+from .chat_templates import IMAGE_TOKEN, VIDEO_TOKEN, resolve_chat_template
 from .image_processing_tinylmm import LAYOUT_FIELDS, TinyLMMImageProcessor, is_frame, is_video
 
 _NUM_TOKENS = LAYOUT_FIELDS.index("num_tokens")
@@ -106,8 +106,8 @@ class TinyLMMProcessor(ProcessorMixin):
         chat_template=None,
         image_token_id: int | None = None,
         video_token_id: int | None = None,
-        image_token: str = "<image>",
-        video_token: str = "<video>",
+        image_token: str = IMAGE_TOKEN,
+        video_token: str = VIDEO_TOKEN,
         **kwargs,
     ):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)

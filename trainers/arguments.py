@@ -6,8 +6,12 @@ overridden on the command line (`--learning_rate 1e-4`, `--module_lrs '{"vision_
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 
 def _json(value, name: str):
@@ -149,3 +153,34 @@ class RecipeArguments:
             "module_lrs": self.module_lrs,
             "use_lora": self.use_lora,
         }
+
+
+class _OldSpelling(argparse.Action):
+    """An option's old kebab-case spelling: does what the snake_case option does, and says so."""
+
+    def __init__(self, option_strings, dest, new: argparse.Action, **kwargs):
+        super().__init__(option_strings, dest, nargs=new.nargs, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logger.warning("%s is deprecated; use %s.", option_string, self.new.option_strings[0])
+        if self.new.nargs == 0:
+            self.new(parser, namespace, [], option_string)
+        else:
+            setattr(namespace, self.dest, values)
+
+
+def add_kebab_aliases(parser: argparse.ArgumentParser) -> None:
+    """Accept `--batch-size` for `--batch_size` (the spelling before options followed transformers' and TRL's
+    snake_case), with a deprecation notice; hidden from --help."""
+    for action in list(parser._actions):
+        for option in action.option_strings:
+            if option.startswith("--") and "_" in option:
+                parser.add_argument(
+                    option.replace("_", "-"),
+                    action=_OldSpelling,
+                    dest=action.dest,
+                    new=action,
+                    type=action.type,
+                    choices=action.choices,
+                )

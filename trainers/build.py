@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 
 from transformers import AutoConfig, AutoTokenizer
 
 from modeling_tinylmm import TinyLMMForConditionalGeneration
 from processors.processing_tinylmm import TinyLMMProcessor
 
-from .recipe import write_stage
+from .stages import write_stage
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +87,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compose encoder + connector + LLM into a starting checkpoint",
         description="Compose a pretrained vision encoder and a pretrained LLM (Hub ids or local folders) with a "
         "new connector into a checkpoint folder with its processor.",
+        epilog="examples:\n"
+        "  tinylmm build --vision_model google/siglip-so400m-patch14-384 --text_model Qwen/Qwen2-0.5B \\\n"
+        "    --output_dir checkpoints/base/build\n"
+        "  tinylmm build --vision_model openai/clip-vit-large-patch14-336 --text_model microsoft/phi-2 \\\n"
+        "    --connector_type dense_sti --chat_template vicuna --output_dir checkpoints/dense/build",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--vision_model", required=True, help="vision encoder: Hub id or folder (CLIP, SigLIP, …)"
@@ -106,9 +111,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=os.environ.get("TINYLMM_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
     options = {
         key: getattr(args, key)
         for key in (

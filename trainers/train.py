@@ -1,4 +1,5 @@
-"""`tinylmm train --config examples/recipes/<recipe>.yaml [--key value …]`: one stage of a recipe.
+"""`tinylmm train --config RECIPE [--key value …]`: one stage of a recipe (a packaged recipe's name, as
+`tinylmm recipes` lists them, or a YAML file).
 
 The YAML and the command line fill four dataclasses (TRL's `TrlParser`): ModelArguments, DataArguments,
 RecipeArguments and TRL's SFTConfig (learning rate, schedule, batch size, output_dir, report_to …).
@@ -8,32 +9,54 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, TrlParser
 
-import modeling_tinylmm  # noqa: F401  (registers the Auto classes)
 import processors  # noqa: F401
+from modeling_tinylmm import TinyLMMForConditionalGeneration
 
 from .arguments import DataArguments, ModelArguments, RecipeArguments
 from .collator import SKIPPED_KEY, TinyLMMCollator
 from .data import load_training_data
-from .recipe import check_architecture, check_stage
+from .recipes import recipe_path
+from .stages import check_architecture, check_stage
 from .trainer import TinyLMMTrainer
 
 logger = logging.getLogger(__name__)
 
+PARTS = TinyLMMForConditionalGeneration.parts
 DATACLASSES = (ModelArguments, DataArguments, RecipeArguments, SFTConfig)
 
 
+EXAMPLES = """examples:
+  tinylmm train --config base_align --model_name_or_path checkpoints/base/build
+  tinylmm train --config base_sft --learning_rate 1e-5 --report_to wandb
+  tinylmm train --config my_recipe.yaml --resume_from_checkpoint True
+  accelerate launch --config_file examples/accelerate/ddp.yaml -m trainers.cli train --config base_sft
+(`tinylmm recipes` lists the packaged recipes.)"""
+
+
 def make_parser(prog: str = "tinylmm train") -> TrlParser:
-    return TrlParser(DATACLASSES, prog=prog)
+    return TrlParser(
+        DATACLASSES, prog=prog, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def _with_recipe_path(argv: list[str]) -> list[str]:
+    """`--config NAME` names a packaged recipe unless NAME is a file."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            argv[i + 1] = str(recipe_path(argv[i + 1]))
+        elif arg.startswith("--config="):
+            argv[i] = f"--config={recipe_path(arg.partition('=')[2])}"
+    return argv
 
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, RecipeArguments, SFTConfig]:
-    return make_parser().parse_args_and_config(argv)
+    return make_parser().parse_args_and_config(_with_recipe_path(argv))
 
 
 def quantization_config(recipe: RecipeArguments):
@@ -58,7 +81,14 @@ def quantization_config(recipe: RecipeArguments):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=["vision_tower", "connector", "image_newline", "lm_head"],
+        # Only the LLM body is quantised: the vision tower, the connector and the head keep full precision.
+        llm_int8_skip_modules=sorted(
+            {
+                prefix.rsplit(".", 1)[-1]
+                for part in ("vision_tower", "connector", "lm_head")
+                for prefix in PARTS[part]
+            }
+        ),
     )
 
 
@@ -142,16 +172,13 @@ def train(
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train one stage of a recipe: tinylmm train --config examples/recipes/<recipe>.yaml [--key value …]",
+        help="train one stage of a recipe: tinylmm train --config base_align [--key value …]",
         add_help=False,  # --help goes to the TrlParser below, which knows every option
     )
     parser.set_defaults(passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=os.environ.get("TINYLMM_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
-    )
     model_args, data_args, recipe, training_args = parse(args.argv)
     train(model_args, data_args, recipe, training_args)
     return 0

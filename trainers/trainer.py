@@ -16,57 +16,18 @@ from collections import Counter
 
 import datasets
 import torch
-from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from .arguments import RecipeArguments
 from .collator import DROPPED_KEY, SKIPPED_KEY, TinyLMMCollator
-from .recipe import (
-    ModulePlan,
-    canonical_name,
-    install_frozen_no_grad,
-    name_matches,
-    resolve_pattern,
-    write_stage,
-)
+from .plan import ModulePlan
 from .sampler import ModalityLengthGroupedSampler, modality_lengths
+from .stages import write_stage
 
 logger = logging.getLogger(__name__)
 
-_VISUAL_PREFIXES = ("model.vision_tower", "model.connector", "model.image_newline")
 _SIGNATURE_COLUMNS = ["messages", "conversations", "images", "image", "videos", "video", "sample_index"]
-
-
-def lora_config(model: nn.Module, recipe: RecipeArguments, plan: ModulePlan):
-    """A LoraConfig on the linear layers of `recipe.lora_modules`; modules the recipe trains in full (the
-    connector) are saved and trained whole."""
-    if not recipe.use_lora:
-        return None
-    from peft import LoraConfig
-
-    lora_prefixes = [p for pattern in recipe.lora_modules for p in resolve_pattern(model, pattern)]
-    full_prefixes = [p for prefixes in plan.train.values() for p in prefixes]
-    targets = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and name_matches(name, lora_prefixes)
-        and not name_matches(name, full_prefixes)
-        and name != "lm_head"  # TRL's fused loss reads lm_head.weight directly: an adapter there never trains
-    ]
-    if not targets:
-        raise ValueError(f"lora_modules {recipe.lora_modules} hold no linear layer to adapt.")
-    modules = dict(model.named_modules())
-    to_save = sorted(p for p in full_prefixes if p in modules)
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=targets,
-        modules_to_save=to_save or None,
-        task_type="CAUSAL_LM",
-    )
 
 
 class _StageRecordCallback(TrainerCallback):
@@ -111,7 +72,7 @@ class TinyLMMTrainer(SFTTrainer):
         if args.ddp_find_unused_parameters is None:
             args.ddp_find_unused_parameters = False
         self.plan = ModulePlan(model, recipe.train_modules, recipe.module_lrs)
-        peft_config = kwargs.pop("peft_config", None) or lora_config(model, recipe, self.plan)
+        peft_config = kwargs.pop("peft_config", None) or self.plan.lora_config(model, recipe)
         if peft_config is None:
             self.plan.apply(model)
         if data_collator is None:
@@ -133,19 +94,10 @@ class TinyLMMTrainer(SFTTrainer):
             **kwargs,
         )
         if peft_config is not None:
-            # PEFT froze everything but the adapters and the modules it saves; parameters that are not
-            # modules of their own (the AnyRes row separator) train in place.
-            for name, param in self.model.named_parameters():
-                if "lora_" not in name and ".original_module." not in name and self.plan.trains(name):
-                    param.requires_grad_(True)
-            install_frozen_no_grad(self._bare_model().get_submodule("model.vision_tower"))
+            self.plan.apply_after_lora(self.model)
         self._visual_params = [
-            p for n, p in self.model.named_parameters() if p.requires_grad and _matches_visual(n)
+            p for n, p in self.model.named_parameters() if p.requires_grad and self.plan.is_visual(n)
         ]
-
-    def _bare_model(self) -> nn.Module:
-        model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     # -- data ----------------------------------------------------------------------------------------
 
@@ -249,7 +201,3 @@ class TinyLMMTrainer(SFTTrainer):
             write_stage(output_dir, self.recipe.record())
         self.accelerator.wait_for_everyone()
         return output_dir
-
-
-def _matches_visual(name: str) -> bool:
-    return name_matches(canonical_name(name), _VISUAL_PREFIXES)

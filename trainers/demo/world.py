@@ -16,6 +16,10 @@ from itertools import combinations
 
 from PIL import Image, ImageDraw
 
+from processors.chat_templates import END_OF_TURN, IMAGE_TOKEN
+
+from ..evaluation.benchmarks import SHORT_ANSWER
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 PLURALS = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
 COLOURS = {
@@ -35,9 +39,7 @@ PARTNERS = {"circle": "ring", "ring": "circle", "square": "diamond", "diamond": 
 PARTNERS |= {"triangle": "cross", "cross": "triangle"}
 PARTNER_PROB = 0.4
 BACKGROUND = (20, 20, 20)
-BLANK = (128, 128, 128)
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 DESCRIBE_BY = {"shape": "List the shapes by kind.", "colour": "List the shapes by colour."}
 QUESTION_TYPES = ("colour", "shape", "count", "position", "relation", "existence")
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
@@ -47,10 +49,9 @@ SPECIAL_TOKENS = {
     "pad_token": "<pad>",
     "unk_token": "<unk>",
     "bos_token": "<s>",
-    "eos_token": "<|im_end|>",
+    "eos_token": END_OF_TURN["chatml"],
 }
-IMAGE_TOKEN = "<image>"
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHAT_TOKENS = ("<|im_start|>", END_OF_TURN["chatml"])
 
 # Every sentence the world speaks; `vocabulary()` reads its words from here.
 TEMPLATES = (
@@ -181,10 +182,6 @@ def render(scene: Scene, image_size: int = 48, supersample: int = 4) -> Image.Im
         else:
             draw.polygon(_polygon(o.shape, cx, cy, r), fill=fill)
     return img.resize((image_size, image_size), Image.Resampling.BOX)
-
-
-def blank_image(image_size: int = 48) -> Image.Image:
-    return Image.new("RGB", (image_size, image_size), BLANK)
 
 
 # Language --------------------------------------------------------------------------------------------

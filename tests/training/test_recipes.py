@@ -1,8 +1,5 @@
 """Recipes: every YAML parses and chains, trains exactly what it names at the learning rates it names."""
 
-import glob
-import os
-
 import pytest
 import torch
 from _processor_fixtures import make_processor
@@ -20,12 +17,14 @@ from transformers import AutoModelForCausalLM
 import trainers.train as train_module
 from trainers.arguments import RecipeArguments
 from trainers.data import load_training_data
-from trainers.recipe import ModulePlan, check_architecture, check_stage, select_parameters, write_stage
+from trainers.plan import ModulePlan, select_parameters
+from trainers.recipes import available, recipe_path
+from trainers.stages import check_architecture, check_stage, write_stage
 from trainers.train import parse
 from trainers.trainer import TinyLMMTrainer
 
-RECIPES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "examples", "recipes", "*.yaml")))
-NAMES = [os.path.basename(p)[: -len(".yaml")] for p in RECIPES]
+NAMES = available()
+RECIPES = [str(recipe_path(name)) for name in NAMES]
 PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 
@@ -101,7 +100,7 @@ def test_one_step_changes_exactly_what_the_recipe_trains(tmp_path, name):
     model = _model_for(name).train()
     processor = make_processor("chatml", config=model.config)
     trainer = _one_step(tmp_path, name, model, processor)
-    bare = trainer._bare_model()
+    bare = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     before = {n: p.detach().clone() for n, p in bare.named_parameters()}
     trainer.train()
     changed = {n for n, p in bare.named_parameters() if not torch.equal(p.detach(), before[n])}

@@ -8,7 +8,9 @@ from PIL import Image
 
 from trainers import evaluation as E
 from trainers.cli import main as cli
-from trainers.demo import QUICK, build_start
+from trainers.demo import QUICK
+from trainers.demo.pipeline import build_start
+from trainers.evaluation import generation as G
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +166,9 @@ def test_caption_file_missing_captions(images):
 
 def test_not_a_tinylmm_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="model folder not found"):
-        E.check_checkpoint(tmp_path / "missing")
+        G.check_checkpoint(tmp_path / "missing")
     with pytest.raises(ValueError, match="no config.json"):
-        E.check_checkpoint(tmp_path)
+        G.check_checkpoint(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="model_type 'llama', expected 'tinylmm'"):
         E.load_model(tmp_path)
@@ -189,8 +191,8 @@ def test_batched_left_padded_greedy_equals_one_by_one(model, images):
 
 
 def test_blank_images_change_what_the_model_sees(model, images):
-    grey = E._open_image(str(images / "img0.png"), blank=True)
-    assert set(grey.getdata()) == {E.BLANK_GREY} and grey.size == (48, 48)
+    grey = G._open_image(str(images / "img0.png"), blank=True)
+    assert set(grey.getdata()) == {G.BLANK_GREY} and grey.size == (48, 48)
     seen = []
     hook = model[0].model.vision_tower.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].clone())

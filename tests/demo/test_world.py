@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from trainers import synthetic as W
+from trainers.demo import world as W
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from trainers import cli
-from trainers.recipe import read_stage
+from trainers.stages import read_stage
 
 
 def _tokenizer_without_image_token() -> PreTrainedTokenizerFast:
@@ -82,7 +82,7 @@ def test_build_composes_encoder_connector_and_llm(tmp_path, grows):
         assert model(**inputs).logits.shape[-1] == model.get_input_embeddings().weight.shape[0]
 
 
-def test_train_runs_a_recipe_stage_with_command_line_overrides(tmp_path):
+def test_train_runs_a_recipe_stage_with_command_line_overrides(tmp_path, capsys):
     vision, llm = _components(tmp_path, make_tokenizer("chatml"))
     start = tmp_path / "build"
     cli.main(["build", "--vision_model", vision, "--text_model", llm, "--output_dir", str(start)])
@@ -131,8 +131,17 @@ def test_train_runs_a_recipe_stage_with_command_line_overrides(tmp_path):
         "--output_dir",
         str(tmp_path / "x"),
     ]
+    assert cli.main(wrong) == 1  # one line names the problem; the traceback only with --debug
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tinylmm train: error:")]
+    assert (
+        len(lines) == 1
+        and "starts from the checkpoint of stage 'build'" in lines[0]
+        and "--debug" in lines[0]
+    )
+    assert "Traceback" not in err
     with pytest.raises(ValueError, match="starts from the checkpoint of stage 'build', but .* 'base/align'"):
-        cli.main(wrong)
+        cli.main([*wrong, "--debug"])
 
 
 def test_subcommands_come_from_one_table(capsys):

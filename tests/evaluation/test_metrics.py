@@ -5,7 +5,7 @@ from pathlib import Path
 import evaluate
 import pytest
 
-METRICS = Path(__file__).resolve().parents[1] / "trainers" / "metrics"
+METRICS = Path(__file__).resolve().parents[2] / "trainers" / "evaluation" / "metrics"
 
 
 @pytest.fixture(scope="module")

@@ -18,45 +18,28 @@ error, so a recipe cannot silently train less than it says.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-ALIASES = {
-    "vision_tower": ("model.vision_tower",),
-    "connector": ("model.connector", "model.image_newline"),
-    "language_model": ("model.language_model", "lm_head"),
-    "lm_head": ("lm_head",),
-    "all": ("",),
-}
-_BLOCK_LISTS = ("encoder.layers", "encoder.layer", "encoder.stages")
 _FROM_INDEX = re.compile(r"(\d+)\+")
-STAGE_FILE = "tinylmm_stage.json"
 
 
-def _block_list(model: nn.Module) -> str:
-    tower = model.get_submodule("model.vision_tower")
-    for name in _BLOCK_LISTS:
-        try:
-            if isinstance(tower.get_submodule(name), nn.ModuleList):
-                return f"model.vision_tower.{name}"
-        except AttributeError:
-            continue
-    raise ValueError(f"cannot find the block list of the {type(tower).__name__} vision tower.")
+def aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The short names a pattern may start with: the model's parts, and `all`."""
+    return {**model.parts, "all": ("",)}
 
 
 def resolve_pattern(model: nn.Module, pattern: str) -> list[str]:
     """Dotted prefixes (from the model root) that a pattern stands for; `N+` expanded to indices."""
     head, _, rest = pattern.partition(".")
-    if head in ALIASES:
-        bases = list(ALIASES[head])
+    short = aliases(model)
+    if head in short:
+        bases = list(short[head])
         if head == "vision_tower" and rest.split(".")[0] == "blocks":
-            bases = [_block_list(model)]
+            bases = [model.vision_blocks]
             rest = rest.partition(".")[2]
     else:
         bases, rest = [""], pattern
@@ -93,7 +76,7 @@ def _missing(model: nn.Module, pattern: str) -> str:
     )
     return (
         f"recipe names module {pattern!r}, which does not exist in this {type(model).__name__}. Short names: "
-        f"{sorted(ALIASES)} and 'vision_tower.blocks'; top-level modules: {modules}."
+        f"{sorted(aliases(model))} and 'vision_tower.blocks'; top-level modules: {modules}."
     )
 
 
@@ -126,6 +109,7 @@ class ModulePlan:
     def __init__(
         self, model: nn.Module, train_modules: Iterable[str], module_lrs: dict[str, float] | None = None
     ):
+        self.parts = model.parts
         self.train = {p: resolve_pattern(model, p) for p in train_modules}
         for pattern in self.train:
             select_parameters(model, pattern)
@@ -147,19 +131,66 @@ class ModulePlan:
         name = canonical_name(name)
         return next((lr for _, prefixes, lr in self.lrs if name_matches(name, prefixes)), default)
 
-    def apply(self, model: nn.Module) -> list[str]:
-        """Freeze everything the plan does not train; return the trainable parameter names.
+    def is_visual(self, name: str) -> bool:
+        """Whether a parameter belongs to the vision tower or the connector."""
+        return name_matches(canonical_name(name), self.parts["vision_tower"] + self.parts["connector"])
 
-        A fully frozen vision tower is also run under `torch.no_grad`, so that nothing upstream (gradient
-        checkpointing, adapters' input-grad hooks) makes it build an autograd graph that leads nowhere.
-        """
+    def apply(self, model: nn.Module) -> list[str]:
+        """Freeze everything the plan does not train; return the trainable parameter names."""
         names = []
         for name, param in model.named_parameters():
             param.requires_grad_(self.trains(name))
             if param.requires_grad:
                 names.append(name)
-        install_frozen_no_grad(model.get_submodule("model.vision_tower"))
+        self.guard_frozen_tower(model)
         return names
+
+    def apply_after_lora(self, model: nn.Module) -> None:
+        """After PEFT wrapped the model (freezing all but the adapters and the modules it saves): parameters
+        the plan trains that are not modules of their own (the AnyRes row separator) train in place."""
+        for name, param in model.named_parameters():
+            if "lora_" not in name and ".original_module." not in name and self.trains(name):
+                param.requires_grad_(True)
+        self.guard_frozen_tower(model)
+
+    def guard_frozen_tower(self, model: nn.Module) -> None:
+        """Run the vision tower under `torch.no_grad` whenever none of its parameters trains, so that nothing
+        upstream (activation checkpointing, adapters' input-grad hooks) makes it build a graph that leads
+        nowhere."""
+        bare = model.get_base_model() if hasattr(model, "get_base_model") else model
+        install_frozen_no_grad(bare.get_submodule(self.parts["vision_tower"][0]))
+
+    def lora_config(self, model: nn.Module, recipe):
+        """A LoraConfig on the linear layers of `recipe.lora_modules`; modules the recipe trains in full (the
+        connector) are saved and trained whole. None when the recipe uses no LoRA."""
+        if not recipe.use_lora:
+            return None
+        from peft import LoraConfig
+
+        lora_prefixes = [p for pattern in recipe.lora_modules for p in resolve_pattern(model, pattern)]
+        full_prefixes = [p for prefixes in self.train.values() for p in prefixes]
+        head = self.parts["lm_head"]
+        targets = [
+            name
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)
+            and name_matches(name, lora_prefixes)
+            and not name_matches(name, full_prefixes)
+            # TRL's fused loss reads the head's weight directly: an adapter there would never train.
+            and not name_matches(name, head)
+        ]
+        if not targets:
+            raise ValueError(f"lora_modules {recipe.lora_modules} hold no linear layer to adapt.")
+        modules = dict(model.named_modules())
+        to_save = sorted(p for p in full_prefixes if p in modules)
+        return LoraConfig(
+            r=recipe.lora_r,
+            lora_alpha=recipe.lora_alpha,
+            lora_dropout=recipe.lora_dropout,
+            target_modules=targets,
+            modules_to_save=to_save or None,
+            task_type="CAUSAL_LM",
+        )
 
 
 def _enter_no_grad(module, args):
@@ -180,57 +211,4 @@ def install_frozen_no_grad(module: nn.Module) -> None:
         module._tinylmm_no_grad_hooks = (
             module.register_forward_pre_hook(_enter_no_grad),
             module.register_forward_hook(_exit_no_grad, always_call=True),
-        )
-
-
-# Stage records: each trained folder says which recipe stage made it, so the next stage can check it starts
-# from the checkpoint it expects.
-
-
-def write_stage(folder: str | os.PathLike, recipe: dict) -> None:
-    Path(folder, STAGE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
-
-
-def read_stage(folder: str | os.PathLike) -> str | None:
-    """The stage id a checkpoint folder was trained by; "build" for a `tinylmm build` folder; None if unknown."""
-    path = Path(folder, STAGE_FILE)
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("stage_id")
-
-
-def check_architecture(config, expected: dict | None, folder: str) -> None:
-    """Raise when a checkpoint is not the architecture a recipe stage is written for."""
-    if getattr(config, "model_type", None) != "tinylmm":
-        raise ValueError(
-            f"{folder} holds a {getattr(config, 'model_type', '?')!r} model, not a tinylmm checkpoint; build one "
-            "with `tinylmm build` first."
-        )
-    actual = {
-        "vision": config.vision_config.model_type,
-        "text": config.text_config.model_type,
-        "connector": config.connector_type,
-        "image_aspect_ratio": config.image_aspect_ratio,
-    }
-    for key, want in (expected or {}).items():
-        if key not in actual:
-            raise ValueError(f"recipe architecture key {key!r} is unknown; known keys: {sorted(actual)}.")
-        allowed = [want] if isinstance(want, str) else list(want)
-        if not any(re.fullmatch(a, actual[key]) for a in allowed):
-            raise ValueError(
-                f"this stage expects a checkpoint with {key} {allowed}, but {folder} has {key} "
-                f"{actual[key]!r} (architecture {actual}). Start from a checkpoint of the previous stage of the "
-                "same recipe."
-            )
-
-
-def check_stage(folder: str, expected: str | None) -> None:
-    """Raise when `folder` was made by another stage than the one the recipe starts from."""
-    if expected is None or not os.path.isdir(folder):
-        return
-    actual = read_stage(folder)
-    if actual is not None and actual != expected:
-        raise ValueError(
-            f"this stage starts from the checkpoint of stage {expected!r}, but {folder} was made by stage "
-            f"{actual!r}."
         )

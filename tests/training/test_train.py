@@ -24,7 +24,7 @@ from trl import SFTConfig, SFTTrainer
 from trainers.arguments import RecipeArguments
 from trainers.collator import IGNORE_INDEX, TinyLMMCollator
 from trainers.data import load_training_data
-from trainers.recipe import read_stage
+from trainers.stages import read_stage
 from trainers.trainer import TinyLMMTrainer
 
 SFT = RecipeArguments(recipe="test", stage="sft", train_modules=["connector", "language_model"])

@@ -1,6 +1,6 @@
 """`tinylmm demo [--out DIR]`: train a tiny multimodal model from scratch on the CPU and show that it sees.
 
-1. a synthetic world (trainers/synthetic.py): scenes, captions, multi-turn Q&A, POPE probes; held-out
+1. a synthetic world (world.py): scenes, captions, multi-turn Q&A, POPE probes; held-out
    scenes for evaluation;
 2. a word-level tokenizer for the world's language, a tiny ViT, a tiny Llama and an `mlp2x_gelu` connector,
    all randomly initialised, saved as the starting checkpoint;
@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import synthetic as world
+from processors.chat_templates import IMAGE_TOKEN
+
+from . import world
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ VQA_IMAGE_PATTERN = "scene_{image_id:05d}.png"
 def _llava_conversation(messages: list[dict]) -> list[dict]:
     turns = []
     for m in messages:
-        text = "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])
+        text = "".join(f"{IMAGE_TOKEN}\n" if p["type"] == "image" else p["text"] for p in m["content"])
         turns.append({"from": "human" if m["role"] == "user" else "gpt", "value": text})
     return turns
 
@@ -163,7 +165,7 @@ def build_start(folder: Path, s: DemoSettings) -> str:
     from modeling_tinylmm import TinyLMMConfig, TinyLMMForConditionalGeneration
     from processors import TinyLMMProcessor
 
-    from .recipe import write_stage
+    from ..stages import write_stage
 
     if s.image_size % 3:
         raise ValueError(
@@ -228,8 +230,8 @@ def train_stage(
     """One recipe stage through trainers.train.train; returns the trainer (its log holds the losses)."""
     from trl import SFTConfig
 
-    from .arguments import DataArguments, ModelArguments, RecipeArguments
-    from .train import train
+    from ..arguments import DataArguments, ModelArguments, RecipeArguments
+    from ..train import train
 
     args = SFTConfig(
         output_dir=str(out),
@@ -361,7 +363,7 @@ def _per_category(result: dict, key: str) -> dict[str, float]:
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Run the whole demo into `out`; returns the metrics (also written to out/metrics.json)."""
-    from . import evaluation
+    from .. import evaluation
 
     s = settings or DemoSettings()
     out = Path(out)
@@ -469,7 +471,12 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progr
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="train a tiny multimodal model from scratch on the CPU, then evaluate it (about 10 minutes)",
+        help="train a tiny multimodal model from scratch on the CPU, then evaluate it (minutes)",
+        description="Train a tiny multimodal model from scratch on an embedded synthetic world, on the CPU, "
+        "then evaluate it on held-out scenes. Needs no network.",
+        epilog="examples:\n  tinylmm demo --out demo_out\n  tinylmm demo --out demo_out --seed 3 --threads 2\n"
+        "  tinylmm demo --out /tmp/smoke --quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="tinylmm-demo", help="output folder (default: tinylmm-demo)")
     parser.add_argument(
@@ -480,9 +487,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=os.environ.get("TINYLMM_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     settings = QUICK if args.quick else DemoSettings()
