@@ -6,12 +6,17 @@ cols) of V, or None when V is not a patch grid), and returns (B, N', D). A spati
 grid and says which (`output_grid`); a non-spatial one says how many tokens it makes (`num_tokens`).
 
 Add one with `@register_connector("name")`; third-party packages add theirs through the entry-point
-group `tinylmm.connectors`.
+group `tinylmm.connectors`. A plugin connector's module travels with the checkpoints that use it (see
+`plugin_source` and connector_plugins.py): it must import only installed libraries and tinylmm's
+`modeling_tinylmm` (`from modeling_tinylmm import Connector, register_connector`).
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
+import sys
 from importlib.metadata import entry_points
 from typing import ClassVar
 
@@ -50,9 +55,16 @@ def _load_entry_points() -> None:
                 ep.load()
 
 
+def _load_carried() -> None:
+    """Register the plugin connectors a checkpoint folder carries (none in the installed package). Imported
+    here, not at the top, because a carried plugin imports this module."""
+    from .connector_plugins import PLUGIN_CONNECTORS  # noqa: F401
+
+
 def resolve_connector(name: str) -> tuple[type[Connector], dict]:
-    """The class registered for `name` and the constructor arguments its name carries."""
-    for attempt in range(2):
+    """The class registered for `name` and the constructor arguments its name carries: built-in connectors,
+    then those a checkpoint folder carries, then those of installed plugins (entry points)."""
+    for load_more in (_load_carried, _load_entry_points, None):
         if name in CONNECTORS:
             return CONNECTORS[name], {}
         for pattern, cls in CONNECTORS.items():
@@ -60,13 +72,87 @@ def resolve_connector(name: str) -> tuple[type[Connector], dict]:
                 match = re.fullmatch(re.escape(pattern).replace(r"\{N\}", r"(\d+)"), name)
                 if match:
                     return cls, {"n": int(match.group(1))}
-        if attempt == 0:
-            _load_entry_points()
+        if load_more is not None:
+            load_more()
     raise ValueError(f"unknown connector {name!r}; registered connectors: {sorted(CONNECTORS)}.")
+
+
+def is_plugin(cls: type) -> bool:
+    """Whether a connector class comes from a plugin (not from this folder's code)."""
+    here = __name__.rpartition(".")[0]
+    return cls.__module__ not in (__name__, f"{here}.connector_plugins" if here else "connector_plugins")
+
+
+def plugin_source(cls: type[Connector]) -> str:
+    """The source of a plugin connector's module, made to run beside a checkpoint's code files: its imports
+    of `modeling_tinylmm` (and its submodules) become relative. Raises when the module cannot travel alone."""
+    module = sys.modules.get(cls.__module__)
+    try:
+        source = inspect.getsource(module)
+    except (TypeError, OSError) as err:
+        raise ValueError(
+            f"connector {cls.name!r} is defined in {cls.__module__!r}, whose source cannot be read, so a checkpoint "
+            "cannot carry it; define plugin connectors in an importable module file."
+        ) from err
+    lines = source.splitlines(keepends=True)
+    for node in sorted(ast.walk(ast.parse(source)), key=lambda n: -getattr(n, "lineno", 0)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            raise ValueError(
+                f"connector {cls.name!r}: its module {cls.__module__!r} imports relatively (line {node.lineno}); "
+                "a plugin connector's module must be self-contained to travel with checkpoints."
+            )
+        if isinstance(node, ast.Import) and any(
+            a.name.split(".")[0] == "modeling_tinylmm" for a in node.names
+        ):
+            raise ValueError(
+                f"connector {cls.name!r}: write `from modeling_tinylmm import ...` in {cls.__module__!r} "
+                f"(line {node.lineno}) rather than `import modeling_tinylmm`, so the import can be made relative."
+            )
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "modeling_tinylmm":
+            homes: dict[str, list[str]] = {}
+            for alias in node.names:
+                home = node.module.partition(".")[2] or _home_module(alias.name)
+                homes.setdefault(home, []).append(
+                    alias.name + (f" as {alias.asname}" if alias.asname else "")
+                )
+            indent = lines[node.lineno - 1][: node.col_offset]
+            lines[node.lineno - 1 : node.end_lineno] = [
+                f"{indent}from .{home} import {', '.join(names)}\n" for home, names in homes.items()
+            ]
+    return "".join(lines)
+
+
+def _home_module(name: str) -> str:
+    """The file of the package that defines a name `modeling_tinylmm` exports (TinyLMMConfig: its config)."""
+    obj = getattr(sys.modules.get("modeling_tinylmm"), name, None)
+    return getattr(obj, "__module__", __name__).rpartition(".")[2]
 
 
 def connector_option(config, key: str, default):
     return (config.connector_config or {}).get(key, default)
+
+
+# Count options of connector_config, with what each counts (for the error a non-positive value raises).
+_COUNTS = {
+    "num_queries": "the tokens each image becomes",
+    "num_layers": "with none, the output would not depend on the image",
+    "num_heads": "attention heads",
+    "head_dim": "the width of each attention head",
+    "hidden_size": "the Q-Former's width",
+}
+
+
+def check_counts(config, *keys: str) -> None:
+    """Raise when one of these connector_config options is given and is not a positive integer (an option left
+    out takes the connector's default)."""
+    options = config.connector_config or {}
+    for key in keys:
+        value = options.get(key)
+        if key in options and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(
+                f"connector {config.connector_type!r}: connector_config[{key!r}] must be a positive integer "
+                f"({_COUNTS[key]}); got {value!r}."
+            )
 
 
 class Connector(nn.Module):
@@ -191,6 +277,11 @@ class ResamplerConnector(Connector):
     spatial = False
 
     @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        check_counts(config, "num_queries", "num_layers", "num_heads", "head_dim")
+
+    @classmethod
     def num_tokens(cls, config, num_features, grid):
         return connector_option(config, "num_queries", 128)
 
@@ -228,6 +319,11 @@ class QFormerConnector(Connector):
     """BLIP-2 Q-Former (transformers' implementation) over Q learned queries, then Linear(→D)."""
 
     spatial = False
+
+    @classmethod
+    def check(cls, config) -> None:
+        super().check(config)
+        check_counts(config, "num_queries", "num_layers", "num_heads", "hidden_size")
 
     @classmethod
     def num_tokens(cls, config, num_features, grid):

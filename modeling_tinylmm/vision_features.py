@@ -11,12 +11,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Backbones whose token 0 is a CLS token (plus, for DINOv2 with registers, register tokens after it).
-_CLS_BACKBONES = {"clip_vision_model", "clip", "dinov2", "dinov2_with_registers", "vit", "deit"}
-_VIT_BACKBONES = _CLS_BACKBONES | {"siglip_vision_model", "siglip"}
-_CNN_BACKBONES = {"convnext", "convnextv2"}
+# Pixel normalisation (mean, std) of the backbones' own image processors.
+_OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+# Every supported backbone, by model type: its kind, whether token 0 is a CLS token (DeiT adds a distillation
+# token, DINOv2 with registers its register tokens after it), and the normalisation its image processor uses.
+BACKBONES: dict[str, tuple[str, bool, tuple]] = {
+    "clip_vision_model": ("vit", True, _OPENAI_CLIP),
+    "clip": ("vit", True, _OPENAI_CLIP),
+    "siglip_vision_model": ("vit", False, _HALF),
+    "siglip": ("vit", False, _HALF),
+    "dinov2": ("vit", True, _IMAGENET),
+    "dinov2_with_registers": ("vit", True, _IMAGENET),
+    "vit": ("vit", True, _HALF),
+    "deit": ("vit", True, _IMAGENET),
+    "convnext": ("cnn", False, _IMAGENET),
+    "convnextv2": ("cnn", False, _IMAGENET),
+}
 # Dual encoders: the vision part lives in `vision_config`.
-_DUAL_ENCODERS = {"clip", "siglip"}
+DUAL_ENCODERS = {"clip", "siglip"}
 
 SELECT_STRATEGIES = ("default", "full", "drop_first")
 
@@ -32,6 +47,8 @@ class Backbone:
     image_size: int
     widths: tuple[int, ...]  # channel width of HS[0..num_blocks]
     strides: tuple[int, ...]  # pixels per token side of HS[0..num_blocks]
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
 
     def grid(self, layer: int, image_size: int | None = None) -> tuple[int, int]:
         """Patch grid (rows, cols) of HS[layer] for a square input of `image_size` pixels."""
@@ -50,7 +67,7 @@ class Backbone:
 
 def vision_part(config):
     """The vision sub-config of a dual encoder (CLIP, SigLIP); any other config unchanged."""
-    if getattr(config, "model_type", None) in _DUAL_ENCODERS and hasattr(config, "vision_config"):
+    if getattr(config, "model_type", None) in DUAL_ENCODERS and hasattr(config, "vision_config"):
         return config.vision_config
     return config
 
@@ -58,31 +75,23 @@ def vision_part(config):
 def backbone(config) -> Backbone:
     """Describe a vision backbone config; raise a clear error for anything that is not one."""
     model_type = getattr(config, "model_type", "")
-    if model_type in _VIT_BACKBONES:
-        n = config.num_hidden_layers
-        prefix = 0
-        if model_type in _CLS_BACKBONES:
-            # CLS, then DeiT's distillation token or DINOv2's register tokens
-            prefix = 1 + (model_type == "deit") + getattr(config, "num_register_tokens", 0)
-        return Backbone(
-            model_type,
-            "vit",
-            n,
-            prefix,
-            config.image_size,
-            (config.hidden_size,) * (n + 1),
-            (config.patch_size,) * (n + 1),
+    if model_type not in BACKBONES:
+        raise ValueError(
+            f"vision_config of model_type {model_type!r} is not a supported vision backbone; supported: "
+            f"{sorted(BACKBONES)}."
         )
-    if model_type in _CNN_BACKBONES:
-        n = config.num_stages
+    kind, has_cls, (mean, std) = BACKBONES[model_type]
+    if kind == "vit":
+        n = config.num_hidden_layers
+        # CLS, then DeiT's distillation token or DINOv2's register tokens
+        prefix = 1 + (model_type == "deit") + getattr(config, "num_register_tokens", 0) if has_cls else 0
+        widths, strides = (config.hidden_size,) * (n + 1), (config.patch_size,) * (n + 1)
+    else:
+        n, prefix = config.num_stages, 0
         widths = (config.hidden_sizes[0], *config.hidden_sizes)
         # The stem patchifies by patch_size; every stage after the first halves the grid.
         strides = (config.patch_size, *(config.patch_size * 2**i for i in range(n)))
-        return Backbone(model_type, "cnn", n, 0, config.image_size, widths, strides)
-    supported = sorted(_VIT_BACKBONES | _CNN_BACKBONES)
-    raise ValueError(
-        f"vision_config of model_type {model_type!r} is not a supported vision backbone; supported: {supported}."
-    )
+    return Backbone(model_type, kind, n, prefix, config.image_size, widths, strides, mean, std)
 
 
 def patch_tokens(hidden: torch.Tensor, bb: Backbone, strategy: str) -> torch.Tensor:
@@ -127,6 +136,10 @@ def block_list(tower: nn.Module) -> str:
     raise ValueError(f"cannot find the block list of the {type(tower).__name__} vision tower.")
 
 
+# Pooling heads after the last block, which no feature reads.
+_HEADS = ("post_layernorm", "head", "layernorm", "pooler")
+
+
 def trim(tower: nn.Module, keep_blocks: int) -> None:
     """Drop what the model never reads: blocks after the last needed hidden state and pooling heads.
 
@@ -134,9 +147,19 @@ def trim(tower: nn.Module, keep_blocks: int) -> None:
     SigLIP's last layer and head the same way.
     """
     del tower.get_submodule(block_list(tower))[keep_blocks:]
-    for name in ("post_layernorm", "head", "layernorm", "pooler"):
+    for name in _HEADS:
         if isinstance(getattr(tower, name, None), nn.Module):
             setattr(tower, name, nn.Identity())
     embeddings = getattr(tower, "embeddings", None)
     if isinstance(getattr(embeddings, "mask_token", None), nn.Parameter):  # masked-image-modelling only
         embeddings.mask_token = None
+
+
+def trimmed_away(key: str, tower: nn.Module) -> bool:
+    """Whether a state-dict key (relative to a trimmed tower) names a part `trim` dropped from it: a block past
+    the kept ones, a pooling head, the mask token."""
+    blocks = block_list(tower)
+    if key.startswith(f"{blocks}."):
+        index = key[len(blocks) + 1 :].split(".", 1)[0]
+        return index.isdigit() and int(index) >= len(tower.get_submodule(blocks))
+    return key.split(".", 1)[0] in _HEADS or key == "embeddings.mask_token"

@@ -1,7 +1,8 @@
 """TinyLMMImageProcessor: images and video frames into crops of the vision tower's input size, plus one
 layout record per visual input that tells the model how to arrange the crops' features.
 
-Modes (`image_aspect_ratio`): `pad` (expand to a square in the mean colour, then resize), `resize`, and
+Modes (`image_aspect_ratio`): `pad` (expand to a square in the mean colour, then resize), `resize`, `crop`
+(shorter side resized, centre square kept: CLIP's image processor, as in transformers' LLaVA-1.5), and
 `anyres` / `anyres_max_N` (LLaVA-OneVision: best-fit pinpoint resolution, aspect-preserving resize and
 centre pad, row-major crops after a base crop of the whole image resized). In a sample with several
 images each image is padded; videos are sampled to at most `video_max_frames` frames, each resized.
@@ -9,6 +10,7 @@ images each image is padded; videos are sampled to at most `video_max_frames` fr
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
@@ -16,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 from transformers.image_processing_utils import (
     BaseImageProcessor,
     BatchFeature,
@@ -25,6 +27,16 @@ from transformers.image_processing_utils import (
 )
 from transformers.image_transforms import convert_to_rgb, divide_to_patches, to_pil_image
 from transformers.image_utils import ChannelDimension, PILImageResampling
+
+if "return_numpy" not in inspect.signature(convert_to_rgb).parameters:
+    # transformers < 5.21: convert_to_rgb has no `return_numpy` and drops transparency (hidden colours, often
+    # black, show through) where later releases composite it on white; do the same here.
+    def convert_to_rgb(image: Image.Image, return_numpy: bool = False):
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        image = image.convert("RGB")
+        return np.array(image) if return_numpy else image
+
 
 # Columns of one `image_layout` row; the model's modeling_tinylmm/visual_layout.py holds the same tuple
 # and documents each column (the folders ship separately; tests/test_layout.py checks they agree).
@@ -46,7 +58,7 @@ LAYOUT_FIELDS = (
 )
 IMAGE, ANYRES, VIDEO = 0, 1, 2
 
-_ASPECT_RATIOS = re.compile(r"pad|resize|anyres|anyres_max_(\d+)")
+_ASPECT_RATIOS = re.compile(r"pad|resize|crop|anyres|anyres_max_(\d+)")
 
 
 def _record(**fields: int) -> list[int]:
@@ -59,21 +71,58 @@ def _describe(image) -> str:
     return type(image).__name__
 
 
+_ORIENTATION = 0x0112  # the EXIF tag saying how a camera held the picture
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone photo is stored sideways and marked so)."""
+    if image.getexif().get(_ORIENTATION, 1) in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _to_8_bit(image: Image.Image, what: str) -> Image.Image:
+    """16-bit grayscale (`I;16…`, and `I` as older Pillow opens 16-bit PNGs) scaled to 8 bits: PIL's own conversion
+    clips every value above 255 to white."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image)
+    if image.mode == "I":
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise ValueError(
+                f"image {what} has 32-bit integer pixels from {low} to {high}; give an 8- or 16-bit image."
+            )
+        if high <= 255 and image.format != "PNG":  # 8-bit values in a wider type: nothing to scale
+            return image
+    return Image.fromarray((values.astype(np.float32) / 257.0).round().astype(np.uint8))
+
+
 def load_image(image) -> Image.Image:
     """An RGB PIL image from a PIL image, an array / tensor (HWC or CHW), a file path, bytes, or a
     `datasets` Image dict ({"bytes": …, "path": …}). Grayscale, palette and RGBA images are converted
-    (transparency composited on white); unreadable input raises an error that names it."""
+    (transparency composited on white), 16-bit grayscale scaled to 8 bits, and a photo turned upright as its
+    EXIF orientation says; unreadable input raises an error that names it."""
+    what = None
     if isinstance(image, dict):
+        if image.get("path") is not None:
+            what = _describe(image["path"])
         if image.get("bytes") is not None:
             image = image["bytes"]
         elif image.get("path") is not None:
             image = image["path"]
         else:
             raise ValueError(f"an image dict needs 'bytes' or 'path'; got keys {sorted(image)}.")
-    what = _describe(image)
+    what = what or _describe(image)
     if isinstance(image, (str, os.PathLike)):
+        if os.path.isdir(image):
+            raise ValueError(f"image path {what} is a directory, not an image file.")
         if not os.path.isfile(image):
             raise FileNotFoundError(f"image file {what} does not exist.")
+    # A truncated file is an error even where another library (lmms-eval does, on import) has told PIL to
+    # fill in the missing rows with grey.
+    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    given, loaded = image, False
     try:
         if isinstance(image, (str, os.PathLike)):
             image = Image.open(image)
@@ -90,11 +139,22 @@ def load_image(image) -> Image.Image:
             image = to_pil_image(array[..., None] if array.ndim == 2 else array)
         if 0 in image.size:
             raise ValueError(f"image {what} has zero size ({image.width}x{image.height}).")
+        image = _to_8_bit(_upright(image), what)
         if image.mode != "RGB":
             image = Image.fromarray(convert_to_rgb(image, return_numpy=True))
         image.load()
+        loaded = True
+    except Image.DecompressionBombError as err:
+        raise ValueError(
+            f"image {what} is too large to load safely: {err} If it is meant to be this large, raise PIL's limit "
+            "before loading: PIL.Image.MAX_IMAGE_PIXELS = None (no limit) or a larger pixel count."
+        ) from err
     except OSError as err:  # PIL's "cannot identify image file", "image file is truncated", …
         raise ValueError(f"image {what} could not be decoded: {err}") from err
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+        if not loaded and image is not given and isinstance(image, Image.Image):
+            image.close()  # opened here from a path or bytes: not left open for the garbage collector
     return image
 
 
@@ -158,7 +218,7 @@ class TinyLMMImageProcessor(BaseImageProcessor):
         size (`dict`): crop size `{"height": S, "width": S}`, the vision tower's input size.
         image_mean, image_std (`list[float]`): normalisation; the mean is also the `pad` fill colour.
         resample (`int`): PIL resampling filter.
-        image_aspect_ratio (`str`): `pad`, `resize`, `anyres` or `anyres_max_N`.
+        image_aspect_ratio (`str`): `pad`, `resize`, `crop`, `anyres` or `anyres_max_N`.
         image_grid_pinpoints (`list`): candidate (height, width) resolutions for AnyRes, multiples of S;
             default (i·S, j·S) for i, j in 1..6 (LLaVA-OneVision).
         crop_tokens (`list[int]`, *optional*): the connector's (rows, cols) token grid for one crop; None
@@ -196,7 +256,8 @@ class TinyLMMImageProcessor(BaseImageProcessor):
         match = _ASPECT_RATIOS.fullmatch(image_aspect_ratio)
         if match is None:
             raise ValueError(
-                f"image_aspect_ratio must be pad, resize, anyres or anyres_max_N, got {image_aspect_ratio!r}."
+                f"image_aspect_ratio must be pad, resize, crop, anyres or anyres_max_N, got "
+                f"{image_aspect_ratio!r}."
             )
         side = size["height"]
         if image_grid_pinpoints is None and image_aspect_ratio.startswith("anyres"):
@@ -273,6 +334,15 @@ class TinyLMMImageProcessor(BaseImageProcessor):
         square.paste(image, ((side - w) // 2, (side - h) // 2))
         return square
 
+    def _centre_crop(self, image: Image.Image) -> Image.Image:
+        """The shorter side resized to the crop size (the longer one scaled and truncated, as transformers'
+        `get_resize_output_image_size` does), then the centre square: CLIPImageProcessor's way."""
+        s, (w, h) = self.crop_size, image.size
+        new_w, new_h = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        image = self._resize(image, new_h, new_w)
+        top, left = (new_h - s) // 2, (new_w - s) // 2
+        return image.crop((left, top, left + s, top + s))
+
     def _single_record(self) -> list[int]:
         newline = int(self.anyres)  # OneVision: one newline after each image of a multi-image sample
         th, tw = self.crop_tokens or (0, 0)
@@ -302,21 +372,30 @@ class TinyLMMImageProcessor(BaseImageProcessor):
             return self._anyres_crops(image)
         if self.image_aspect_ratio == "resize":
             crop = self._resize(image, s, s)
+        elif self.image_aspect_ratio == "crop":
+            crop = self._centre_crop(image)
         else:  # pad, and each image of a multi-image sample
             crop = self._resize(self._pad_to_square(image), s, s)
         return self._normalize([np.asarray(crop)]), self._single_record()
 
     def _anyres_crops(self, image: Image.Image) -> tuple[np.ndarray, list[int]]:
-        s, (th, tw) = self.crop_size, self.crop_tokens
-        h, w = image.height, image.width
-        best_h, best_w = select_best_resolution((h, w), self.image_grid_pinpoints)
-        # get_patch_output_size reads only the array's shape; a broadcast view costs no memory.
-        shape_only = np.broadcast_to(np.uint8(0), (h, w, 1))
-        new_h, new_w = get_patch_output_size(shape_only, (best_h, best_w), ChannelDimension.LAST)
+        s = self.crop_size
+        record, (best_h, best_w, new_h, new_w) = self.anyres_record(image.height, image.width)
         canvas = Image.new("RGB", (best_w, best_h), (0, 0, 0))  # OneVision pads with black
         canvas.paste(self._resize(image, new_h, new_w), ((best_w - new_w) // 2, (best_h - new_h) // 2))
         patches = divide_to_patches(np.asarray(canvas).transpose(2, 0, 1), s)
         crops = [np.asarray(self._resize(image, s, s))] + [p.transpose(1, 2, 0) for p in patches]
+        return self._normalize(crops), record
+
+    def anyres_record(self, h: int, w: int) -> tuple[list[int], tuple[int, int, int, int]]:
+        """The layout record of an h x w image in an AnyRes mode, and (best_h, best_w, new_h, new_w): the
+        pinpoint resolution chosen and the size the image is resized to inside it. Needs no pixels, so a
+        serving engine can count an image's tokens from its size (`TinyLMMProcessor._get_num_multimodal_tokens`)."""
+        s, (th, tw) = self.crop_size, self.crop_tokens
+        best_h, best_w = select_best_resolution((h, w), self.image_grid_pinpoints)
+        # get_patch_output_size reads only the array's shape; a broadcast view costs no memory.
+        shape_only = np.broadcast_to(np.uint8(0), (h, w, 1))
+        new_h, new_w = get_patch_output_size(shape_only, (best_h, best_w), ChannelDimension.LAST)
         rows, cols = best_h // s, best_w // s
         top, left, height, width = self._unpadded_window(h, w, rows * th, cols * tw)
         out_h, out_w = height, width
@@ -340,7 +419,7 @@ class TinyLMMImageProcessor(BaseImageProcessor):
             newline=1,
             num_tokens=th * tw + out_h * (out_w + 1),
         )
-        return self._normalize(crops), record
+        return record, (best_h, best_w, new_h, new_w)
 
     @staticmethod
     def _unpadded_window(h: int, w: int, grid_h: int, grid_w: int) -> tuple[int, int, int, int]:

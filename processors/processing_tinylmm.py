@@ -18,19 +18,6 @@ from .image_processing_tinylmm import LAYOUT_FIELDS, TinyLMMImageProcessor, is_f
 
 _NUM_TOKENS = LAYOUT_FIELDS.index("num_tokens")
 
-# Vision backbones' normalisation (what their own image processors use).
-_OPENAI_CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
-_IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-_HALF = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
-_NORMALIZATION = {
-    "clip_vision_model": _OPENAI_CLIP,
-    "clip": _OPENAI_CLIP,
-    "siglip_vision_model": _HALF,
-    "siglip": _HALF,
-    "siglip2_vision_model": _HALF,
-    "siglip2": _HALF,
-}
-
 # Keyword arguments of `__call__` that go to the tokenizer (anything else is an error).
 _TOKENIZER_KWARGS = {
     "padding",
@@ -130,8 +117,12 @@ class TinyLMMProcessor(ProcessorMixin):
             or self.tokenizer(token * 3, add_special_tokens=False)["input_ids"] != [token_id] * 3
         ):
             raise ValueError(
-                f"placeholder token id {token_id} ({token!r}) is not a single special token of the tokenizer; "
-                "add it with tokenizer.add_special_tokens({'additional_special_tokens': [...]}) and use its id."
+                f"placeholder token id {token_id} ({token!r}) is not a single special token of the tokenizer: "
+                "the tokenizer does not hold the model's image token. Compose model and processor together "
+                "with `trainers.build.compose(vision_model, text_model)` (or `tinylmm build`), which adds "
+                "<image> to the tokenizer; or add it yourself with "
+                "tokenizer.add_special_tokens({'additional_special_tokens': ['<image>']}) and build the model "
+                "with that id as image_token_id."
             )
         return token
 
@@ -144,11 +135,11 @@ class TinyLMMProcessor(ProcessorMixin):
         so the model code is not needed). `chat_template`: a name from chat_templates.py, a Jinja
         string, or None to guess it from the tokenizer."""
         vision = model_config.vision_config
-        mean, std = _NORMALIZATION.get(vision.model_type, _IMAGENET)
+        backbone = model_config.vision_backbone  # the model's table of backbone facts, normalisation included
         options = dict(
             size={"height": vision.image_size, "width": vision.image_size},
-            image_mean=mean,
-            image_std=std,
+            image_mean=list(backbone.image_mean),
+            image_std=list(backbone.image_std),
             image_aspect_ratio=model_config.image_aspect_ratio,
             image_grid_pinpoints=model_config.image_grid_pinpoints,
             crop_tokens=model_config.connector_grid,
@@ -191,7 +182,10 @@ class TinyLMMProcessor(ProcessorMixin):
         """The BatchFeature, and per sample the (old_start, old_end, new_start, new_end) character span
         of every expanded marker."""
         kwargs = {**(text_kwargs or {}), **kwargs}
-        kwargs.pop("return_text_replacement_offsets", None)
+        # What serving engines (vLLM's transformers backend) ask for: where each marker went, and which tokens
+        # are image / video placeholders.
+        want_offsets = bool(kwargs.pop("return_text_replacement_offsets", False))
+        want_types = bool(kwargs.pop("return_mm_token_type_ids", False))
         unknown = set(kwargs) - _TOKENIZER_KWARGS
         if unknown:
             raise TypeError(f"TinyLMMProcessor got unexpected arguments {sorted(unknown)}.")
@@ -211,7 +205,54 @@ class TinyLMMProcessor(ProcessorMixin):
         data = dict(text_inputs)
         if crops:
             data.update(TinyLMMImageProcessor.pack(list(zip(crops, [r for rs in records for r in rs]))).data)
-        return BatchFeature(data, tensor_type=return_tensors), spans
+        if want_types:
+            data["mm_token_type_ids"] = self._token_types(data["input_ids"])
+        if want_offsets:
+            data["text_replacement_offsets"] = [
+                [self._offset(text, new, span) for span in sample]
+                for text, new, sample in zip(texts, expanded, spans)
+            ]
+        skip = ["text_replacement_offsets"]
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=skip), spans
+
+    def _offset(self, text: str, expanded: str, span: tuple[int, int, int, int]) -> dict:
+        """One expanded marker as transformers' `get_text_with_replacements` describes it."""
+        start, end, new_start, new_end = span
+        marker = text[start:end]
+        return {
+            "type": "image" if marker == self.image_token else "video",
+            "span": (start, end),
+            "new_span": (new_start, new_end),
+            "text": marker,
+            "replacement": expanded[new_start:new_end],
+        }
+
+    def _token_types(self, input_ids) -> list[list[int]]:
+        """0 for text, 1 for an image placeholder, 2 for a video placeholder (transformers' numbering)."""
+        types = []
+        for row in input_ids:
+            row = np.asarray(row)
+            kind = np.where(row == self.image_token_id, 1, 0)
+            if self.video_token_id is not None:
+                kind = np.where(row == self.video_token_id, 2, kind)
+            types.append(kind.tolist())
+        return types
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
+        """Placeholder tokens and rows of `pixel_values` (crops) of each image, from its (height, width)
+        alone, as the only image of its sample: what vLLM asks to plan memory and split batched inputs."""
+        from transformers.processing_utils import MultiModalData
+
+        if image_sizes is None:
+            return MultiModalData()
+        ip = self.image_processor
+        records = [
+            ip.anyres_record(int(h), int(w))[0] if ip.anyres else ip._single_record() for h, w in image_sizes
+        ]
+        return MultiModalData(
+            num_image_tokens=[r[_NUM_TOKENS] for r in records],
+            num_image_patches=[r[LAYOUT_FIELDS.index("num_crops")] for r in records],
+        )
 
     def _visuals(self, texts: list[str], images, videos):
         """Crop every visual input in marker order and expand the markers."""

@@ -27,10 +27,10 @@ WORDS = (
 ).split(" ")
 
 
-def make_tokenizer(family: str = "chatml") -> PreTrainedTokenizerFast:
+def make_tokenizer(family: str = "chatml", eos_token: str = "</s>") -> PreTrainedTokenizerFast:
     """A word-level tokenizer with pad/bos/eos/unk at 0..3, the family's turn tokens, words, then <video>
-    at VOCAB-2 and <image> at VOCAB-1."""
-    specials = ["<pad>", "<s>", "</s>", "<unk>"] + FAMILY_TOKENS[family]
+    at VOCAB-2 and <image> at VOCAB-1. `eos_token` names id 2 (a Qwen2 base LLM's is <|endoftext|>)."""
+    specials = ["<pad>", "<s>", eos_token, "<unk>"] + FAMILY_TOKENS[family]
     words = [w for w in dict.fromkeys(WORDS) if w not in specials]
     room = VOCAB - 2 - len(specials)
     vocab_list = specials + words[:room]
@@ -43,7 +43,7 @@ def make_tokenizer(family: str = "chatml") -> PreTrainedTokenizerFast:
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token=eos_token,
         unk_token="<unk>",
     )
     tok.add_special_tokens({"additional_special_tokens": FAMILY_TOKENS[family] + ["<video>", "<image>"]})

@@ -28,12 +28,13 @@ torch.set_num_threads(1)  # as tests/conftest.py: bit-exact comparisons need the
 """
 
 
-def run_isolated(code: str, cwd, modules_cache) -> str:
-    """Run `code` with cwd=`cwd` and a fresh HF modules cache; return stdout, raise with stderr on failure."""
+def run_isolated(code: str, cwd, modules_cache, python: str | None = None) -> str:
+    """Run `code` with cwd=`cwd` and a fresh HF modules cache; return stdout, raise with stderr on failure.
+    `python`: another environment's interpreter (default: this one)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(modules_cache), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", BLOCKER + textwrap.dedent(code)],
+        [python or sys.executable, "-I", "-c", BLOCKER + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -16,6 +16,7 @@ CODE_FILES = {
     "connectors.py",
     "vision_features.py",
     "visual_layout.py",
+    "connector_plugins.py",
 }
 
 

@@ -44,7 +44,8 @@ def onevision():
             image_size=384,
             patch_size=14,
         ).to_dict(),
-        text_config=text_config().to_dict(),
+        # OneVision inputs run to 7371 tokens, past the tiny LLM's default 256 positions.
+        text_config=text_config(max_position_embeddings=8192).to_dict(),
         image_token_id=IMAGE_TOKEN,
         image_aspect_ratio="anyres_max_9",
         image_grid_pinpoints=[[i * 384, j * 384] for i in range(1, 7) for j in range(1, 7)],
