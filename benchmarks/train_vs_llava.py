@@ -1,18 +1,35 @@
-"""Train one encoder + LLM + mlp2x_gelu model for N steps two ways, on the same synthetic samples:
+"""tinylmm against the stock way (transformers' Llava + plain TRL `SFTTrainer`), on the same samples, in one run.
 
-  (a) tinylmm: TinyLMMForConditionalGeneration + TinyLMMProcessor + TinyLMMTrainer (our collator, recipe
-      freezing, optional modality-length grouping);
-  (b) the stock way: transformers' LlavaForConditionalGeneration + LlavaProcessor + plain trl.SFTTrainer with
-      assistant_only_loss=True (what a user does without tinylmm).
+  (a) tinylmm: TinyLMMForConditionalGeneration + TinyLMMProcessor + TinyLMMTrainer (chats tokenised once,
+      samples packed into rows, the loss on supervised positions only, the recipe's freezing);
+  (b) stock: LlavaForConditionalGeneration + LlavaProcessor + trl.SFTTrainer with assistant_only_loss=True,
+      the same parts frozen by hand.
 
 Both start from the same weights (the tinylmm starting checkpoint is built first and copied into the Llava
-model), train the connector and the LLM with the vision tower frozen, use the same chat template, schedule
-and sample order, and are scored on the same held-out samples. Each runs in its own process so that peak
-memory is its own. Prints samples/s, supervised tokens/s, padding, peak memory, the loss, and the ratios.
+model), use the same chat template, schedule, samples and sample order (the same samples in every step), and
+are scored on the same held-out samples after the same number of samples. Each stage runs:
 
-    python benchmarks/train_vs_llava.py                       # CPU, tiny shapes
-    python benchmarks/train_vs_llava.py --group_by_length      # tinylmm with modality-length grouping
-    python benchmarks/train_vs_llava.py --device cuda --preset real --steps 200 --bf16
+  align  alignment: the connector trains (LLaVA's `plain` template: image, then a short caption);
+  sft    instruction tuning: connector + LLM train (ChatML, loss on the answers).
+
+Each way runs in a process of its own, so that its peak memory is its own. Prints, per stage, supervised
+tokens/s, samples/s, padding (the share of the batch tensors that is padding), peak memory (growth of the
+resident set during training on the CPU, torch's peak allocation on CUDA) and the held-out loss, and the
+ratios tinylmm / stock.
+
+Data (`--mix`):
+  shapes     one coloured shape per image, captions and 1-3 Q&A turns; a fifth text-only (the old default);
+  llava665k  lengths modelled on LLaVA-1.5's 665K instruction mix (see LLAVA665K below); alignment samples
+             modelled on LLaVA's 558K BLIP captions. Words are drawn at random from the preset's vocabulary.
+
+Presets (`--preset`): tiny, small (CPU); qwen2-ratio: a Qwen2-0.5B-shaped LLM scaled down in width only
+(24 layers, width 128, MLP width and vocabulary in Qwen2-0.5B's proportions: 151,936 x 896 -> 21,705 x 128),
+so that the LM head's share of the compute is Qwen2-0.5B's (~28 % of a token's forward); real: SigLIP-so400m +
+Qwen2-0.5B shapes (random weights) for a GPU.
+
+    python benchmarks/train_vs_llava.py                                   # CPU, tiny shapes, both stages
+    python benchmarks/train_vs_llava.py --mix llava665k --preset qwen2-ratio --steps 12
+    python benchmarks/train_vs_llava.py --device cuda --preset real --mix llava665k --steps 50 --bf16
 """
 
 from __future__ import annotations
@@ -30,6 +47,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The LLMs are Llama blocks; the Qwen2-shaped ones differ from Qwen2 only by its q/k/v biases. (transformers 5
+# loads any tokenizer saved beside a Qwen2 config as Qwen2's byte-level BPE, which cannot read the word-level
+# vocabulary these runs use.)
 PRESETS = {
     # CLIP-like ViT + Llama-like LLM, small enough for a laptop CPU.
     "tiny": dict(
@@ -49,7 +69,7 @@ PRESETS = {
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=1024,
+            max_position_embeddings=4096,
         ),
     ),
     "small": dict(
@@ -69,8 +89,32 @@ PRESETS = {
             num_hidden_layers=8,
             num_attention_heads=8,
             num_key_value_heads=4,
-            max_position_embeddings=2048,
+            max_position_embeddings=4096,
         ),
+    ),
+    # Qwen2-0.5B scaled down in width only: 24 layers; MLP width (4864 / 896) and vocabulary (151,936 / 896) in
+    # its proportions to the width, so that the LM head costs what it costs in Qwen2-0.5B relative to the
+    # blocks. A small frozen ViT gives 144 image tokens (96 px, 8 px patches).
+    "qwen2-ratio": dict(
+        vision=dict(
+            model_type="clip_vision_model",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=96,
+            patch_size=8,
+        ),
+        text=dict(
+            model_type="llama",
+            hidden_size=128,
+            intermediate_size=695,
+            num_hidden_layers=24,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+        ),
+        vocab_size=21705,
     ),
     # SigLIP-so400m-shaped encoder + Qwen2-0.5B-shaped LLM (random weights): for a GPU.
     "real": dict(
@@ -84,7 +128,7 @@ PRESETS = {
             patch_size=14,
         ),
         text=dict(
-            model_type="qwen2",
+            model_type="llama",
             hidden_size=896,
             intermediate_size=4864,
             num_hidden_layers=24,
@@ -93,8 +137,29 @@ PRESETS = {
             max_position_embeddings=32768,
             rope_theta=1e6,
         ),
+        vocab_size=151936,
     ),
 }
+
+# LLaVA-1.5's instruction mix (llava_v1_5_mix665k.json; Liu et al., "Improved Baselines with Visual Instruction
+# Tuning", Table 7): LLaVA-Instruct 158K, ShareGPT 40K, VQAv2 83K, GQA 72K, OKVQA 9K, OCR-VQA 80K, A-OKVQA 66K,
+# TextCaps 22K, RefCOCO 48K, VG 86K. Grouped by the shape of their conversations; `share` is the group's
+# count out of 665K. Lengths are in words (one token each here), drawn uniformly from the ranges, which follow
+# each source's format: VQA answers are a word or a phrase ("Answer the question using a single word or
+# phrase."), several questions about one image are grouped into one conversation (VQAv2, GQA, OCR-VQA, the
+# region descriptions of RefCOCO / VG); A-OKVQA lists its options in the question; TextCaps answers with one
+# sentence; LLaVA-Instruct's conversations hold a few exchanges with answers of a few sentences, its detailed
+# descriptions and complex-reasoning answers run to one or two hundred words; ShareGPT is text-only, long and
+# multi-turn (cut here to --max_words, as LLaVA cuts conversations to its context length).
+LLAVA665K = {
+    "multi_turn_vqa": dict(share=369, turns=(2, 8), question=(6, 16), answer=(1, 4), image=True),
+    "single_turn_vqa": dict(share=97, turns=(1, 1), question=(8, 40), answer=(1, 14), image=True),
+    "conversation": dict(share=58, turns=(2, 5), question=(8, 25), answer=(20, 80), image=True),
+    "description_reasoning": dict(share=100, turns=(1, 1), question=(8, 25), answer=(80, 220), image=True),
+    "text_only_sharegpt": dict(share=40, turns=(2, 6), question=(20, 120), answer=(60, 300), image=False),
+}
+# LLaVA's alignment data (LCS-558K): one image and its BLIP caption, about ten words.
+CAPTION_WORDS = (5, 25)
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 100, 240), "yellow": (235, 215, 40)}
 SHAPES = ("square", "bar", "column")
@@ -124,12 +189,21 @@ SPECIALS = [
 # -- shared inputs (built once, in the parent) --------------------------------------------------------------
 
 
-def make_tokenizer():
+def vocabulary(preset: str) -> list[str]:
+    """The words of the tokenizer: the shapes world's, filled up with w0, w1, ... to the preset's size."""
+    words = [w for w in WORDS if w not in SPECIALS]
+    size = PRESETS[preset].get("vocab_size")
+    if size is not None:
+        words += [f"w{i}" for i in range(size - len(SPECIALS) - len(words))]
+    return words
+
+
+def make_tokenizer(preset: str):
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + [w for w in WORDS if w not in SPECIALS])}
+    vocab = {t: i for i, t in enumerate(SPECIALS + vocabulary(preset))}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
@@ -139,7 +213,53 @@ def make_tokenizer():
     return tokenizer
 
 
-def make_rows(n: int, image_size: int, seed: int) -> list[dict]:
+def _turn(role: str, text: str, image=None) -> dict:
+    content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+    return {"role": role, "content": content}
+
+
+def _noise(rng: random.Random, size: int):
+    from PIL import Image
+
+    return Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+
+
+def llava665k_rows(n: int, image_size: int, words: list[str], seed: int, max_words: int) -> list[dict]:
+    """Conversations with LLaVA-665K's mix of shapes (LLAVA665K), random words, noise images."""
+    rng = random.Random(seed)
+    kinds, weights = list(LLAVA665K), [g["share"] for g in LLAVA665K.values()]
+    rows = []
+    for _ in range(n):
+        group = LLAVA665K[rng.choices(kinds, weights)[0]]
+        image = _noise(rng, image_size) if group["image"] else None
+        messages, used = [], 0
+        for t in range(rng.randint(*group["turns"])):
+            q, a = rng.randint(*group["question"]), rng.randint(*group["answer"])
+            if t and used + q + a > max_words:
+                break
+            q, a = min(q, max_words // 4), min(a, max_words - max_words // 4)
+            used += q + a
+            messages += [
+                _turn("user", " ".join(rng.choices(words, k=q)), image if t == 0 else None),
+                _turn("assistant", " ".join(rng.choices(words, k=a))),
+            ]
+        rows.append({"messages": messages, "images": [image] if image is not None else []})
+    return rows
+
+
+def caption_rows(n: int, image_size: int, words: list[str], seed: int) -> list[dict]:
+    """Alignment samples: an image and a short caption."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        image = _noise(rng, image_size)
+        caption = " ".join(rng.choices(words, k=rng.randint(*CAPTION_WORDS)))
+        messages = [_turn("user", "describe the image .", image), _turn("assistant", caption)]
+        rows.append({"messages": messages, "images": [image]})
+    return rows
+
+
+def shapes_rows(n: int, image_size: int, seed: int, captions_only: bool = False) -> list[dict]:
     """Scenes of one coloured shape; captions and 1-3 Q&A turns of varied length; a fifth text-only."""
     from PIL import Image, ImageDraw
 
@@ -148,21 +268,10 @@ def make_rows(n: int, image_size: int, seed: int) -> list[dict]:
     for _ in range(n):
         colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
         side = rng.choice(("left", "right", "middle"))
-        if rng.random() < 0.2:
+        if rng.random() < 0.2 and not captions_only:
             messages = [
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "text",
-                            "text": "what is " + " ".join(rng.choices(WORDS, k=rng.randint(3, 30))),
-                        }
-                    ],
-                },
-                {
-                    "role": "assistant",
-                    "content": [{"type": "text", "text": " ".join(rng.choices(WORDS, k=rng.randint(2, 40)))}],
-                },
+                _turn("user", "what is " + " ".join(rng.choices(WORDS, k=rng.randint(3, 30)))),
+                _turn("assistant", " ".join(rng.choices(WORDS, k=rng.randint(2, 40)))),
             ]
             rows.append({"messages": messages, "images": []})
             continue
@@ -171,26 +280,33 @@ def make_rows(n: int, image_size: int, seed: int) -> list[dict]:
         x0 = {"left": 0.05, "middle": 0.5 - w / 2, "right": 0.95 - w}[side]
         box = [x0 * image_size, 0.2 * image_size, (x0 + w) * image_size, (0.2 + h) * image_size]
         ImageDraw.Draw(image).rectangle(box, fill=COLOURS[colour])
+        caption = f"a {colour} {shape} on the {side} side of a black background ."
+        if captions_only:
+            messages = [_turn("user", "describe the image .", image), _turn("assistant", caption)]
+            rows.append({"messages": messages, "images": [image]})
+            continue
         qa = [
             ("what colour is the shape ?", f"it is {colour} ."),
             ("what shape is in this image ?", f"a {shape} ."),
             ("where is the shape ?", f"on the {side} side ."),
-            (
-                "describe the image .",
-                f"a {colour} {shape} on the {side} side of a black background ."
-                + " it is very bright ." * rng.randint(0, 6),
-            ),
+            ("describe the image .", caption + " it is very bright ." * rng.randint(0, 6)),
         ]
         rng.shuffle(qa)
         messages = []
         for t, (q, a) in enumerate(qa[: rng.randint(1, 3)]):
-            content = ([{"type": "image"}] if t == 0 else []) + [{"type": "text", "text": q}]
-            messages += [
-                {"role": "user", "content": content},
-                {"role": "assistant", "content": [{"type": "text", "text": a}]},
-            ]
+            messages += [_turn("user", q, image if t == 0 else None), _turn("assistant", a)]
         rows.append({"messages": messages, "images": [image]})
     return rows
+
+
+def make_rows(opts, stage: str, n: int, seed: int) -> list[dict]:
+    size = PRESETS[opts.preset]["vision"]["image_size"]
+    if opts.mix == "shapes":
+        return shapes_rows(n, size, seed, captions_only=stage == "align")
+    words = vocabulary(opts.preset)
+    if stage == "align":
+        return caption_rows(n, size, words, seed)
+    return llava665k_rows(n, size, words, seed, opts.max_words)
 
 
 def save_dataset(rows: list[dict], path: str) -> None:
@@ -214,15 +330,14 @@ def build_start(preset: str, folder: str, seed: int) -> str:
 
     from trainers.build import build
 
-    tokenizer = make_tokenizer()
+    tokenizer = make_tokenizer(preset)
     shapes = PRESETS[preset]
     torch.manual_seed(seed)
     vision = AutoConfig.for_model(**shapes["vision"])
     AutoModel.from_config(vision).save_pretrained(f"{folder}/vision")
-    vocab = len(tokenizer)
     text = AutoConfig.for_model(
         **shapes["text"],
-        vocab_size=vocab,
+        vocab_size=len(tokenizer),
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
@@ -236,24 +351,50 @@ def build_start(preset: str, folder: str, seed: int) -> str:
 # -- one run per process ------------------------------------------------------------------------------------
 
 
-class CountingCollator:
-    """Counts what each batch holds: samples, supervised tokens, real and padded tokens."""
+class Counts:
+    """What the batches held: samples, supervised (next-token) targets, real tokens, tensor slots."""
+
+    def __init__(self):
+        self.counts = {"samples": 0, "supervised": 0, "tokens": 0, "slots": 0}
+
+    def add(self, examples, batch, real_tokens: int):
+        self.counts["samples"] += len(examples)
+        self.counts["supervised"] += int((batch["labels"][:, 1:] != -100).sum())
+        self.counts["tokens"] += real_tokens
+        self.counts["slots"] += batch["input_ids"].numel()
+
+
+class CountingCollator(Counts):
+    """The stock collator, counted."""
 
     def __init__(self, inner):
+        super().__init__()
         self.inner = inner
-        self.counts = {"samples": 0, "supervised": 0, "tokens": 0, "padded": 0}
 
     def __call__(self, examples):
         batch = self.inner(examples)
-        self.counts["samples"] += len(examples)
-        self.counts["supervised"] += int((batch["labels"] != -100).sum())
-        self.counts["tokens"] += int(batch["attention_mask"].sum())
-        self.counts["padded"] += batch["attention_mask"].numel()
+        self.add(examples, batch, int(batch["attention_mask"].sum()))
         return batch
+
+
+def _counting_tinylmm_collator(*args, **kwargs):
+    from trainers.collator import TOKENS_KEY, TinyLMMCollator
+
+    class CountingTinyLMMCollator(TinyLMMCollator):
+        def __call__(self, examples):
+            batch = super().__call__(examples)
+            self.tally.add(examples, batch, batch[TOKENS_KEY])
+            return batch
+
+    collator = CountingTinyLMMCollator(*args, **kwargs)
+    collator.tally = Counts()
+    return collator
 
 
 def _config(opts, output_dir, **extra):
     from trl import SFTConfig
+
+    from trainers.arguments import training_fields
 
     return SFTConfig(
         output_dir=output_dir,
@@ -269,21 +410,23 @@ def _config(opts, output_dir, **extra):
         report_to="none",
         bf16=opts.bf16,
         use_cpu=opts.device == "cpu",
-        gradient_checkpointing=opts.gradient_checkpointing,
+        **training_fields({"activation_checkpointing": opts.activation_checkpointing}),
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=opts.seed,
-        max_length=None,
+        max_length=opts.max_length,
         **extra,
     )
 
 
-def _tinylmm(opts, folder, train):
+TEMPLATE = {"align": "plain", "sft": "chatml"}
+
+
+def _tinylmm(opts, folder, stage, train):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from trainers.arguments import RecipeArguments
-    from trainers.collator import TinyLMMCollator
     from trainers.trainer import TinyLMMTrainer
 
     dtype = torch.bfloat16 if opts.bf16 and opts.device == "cuda" else torch.float32
@@ -291,20 +434,21 @@ def _tinylmm(opts, folder, train):
         f"{folder}/start", dtype=dtype, attn_implementation=opts.attn
     )
     processor = AutoProcessor.from_pretrained(f"{folder}/start")
-    collator = CountingCollator(TinyLMMCollator(processor))
+    collator = _counting_tinylmm_collator(processor, chat_template=TEMPLATE[stage])
+    modules = ["connector"] if stage == "align" else ["connector", "language_model"]
     trainer = TinyLMMTrainer(
         model,
-        args=_config(opts, f"{folder}/out-tinylmm"),
+        args=_config(opts, f"{folder}/out-tinylmm-{stage}", packing=not opts.no_packing),
         train_dataset=train,
         processing_class=processor,
         data_collator=collator,
-        recipe=RecipeArguments(train_modules=["connector", "language_model"]),
+        recipe=RecipeArguments(train_modules=modules),
         group_by_modality_length=opts.group_by_length,
     )
-    return trainer, collator
+    return trainer, collator.tally
 
 
-def _llava(opts, folder, train):
+def _llava(opts, folder, stage, train):
     import torch
     from transformers import (
         AutoConfig,
@@ -338,27 +482,24 @@ def _llava(opts, folder, train):
     # Same weights: the full encoder from its folder, connector / LLM / head from the tinylmm start.
     model.model.vision_tower.load_state_dict(AutoModel.from_pretrained(f"{folder}/vision").state_dict())
     state = start.state_dict()
-    model.model.multi_modal_projector.linear_1.load_state_dict(
-        {
-            k[len("model.connector.mlp.0.") :]: v
-            for k, v in state.items()
-            if k.startswith("model.connector.mlp.0.")
-        }
-    )
-    model.model.multi_modal_projector.linear_2.load_state_dict(
-        {
-            k[len("model.connector.mlp.2.") :]: v
-            for k, v in state.items()
-            if k.startswith("model.connector.mlp.2.")
-        }
-    )
+    for i, linear in (
+        (0, model.model.multi_modal_projector.linear_1),
+        (2, model.model.multi_modal_projector.linear_2),
+    ):
+        prefix = f"model.connector.mlp.{i}."
+        linear.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     model.model.language_model.load_state_dict(start.model.language_model.state_dict())
     model.lm_head.load_state_dict(start.lm_head.state_dict())
     model = model.to(dtype)
     if opts.attn:
         model.set_attn_implementation(opts.attn)
-    for p in model.model.vision_tower.parameters():  # what a user does by hand to freeze the encoder
-        p.requires_grad_(False)
+    # What a user does by hand: the encoder frozen, and for alignment the LLM and its head too.
+    frozen = [model.model.vision_tower]
+    if stage == "align":
+        frozen += [model.model.language_model, model.lm_head]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
     size = vision.image_size
     is_clip = vision.model_type.startswith("clip")
     image_processor = (CLIPImageProcessor if is_clip else SiglipImageProcessor)(
@@ -372,122 +513,142 @@ def _llava(opts, folder, train):
         patch_size=vision.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1 if is_clip else 0,
-        chat_template=CHAT_TEMPLATES["chatml"],
+        chat_template=CHAT_TEMPLATES[TEMPLATE[stage]],
     )
-    args = _config(opts, f"{folder}/out-llava", assistant_only_loss=True)
+    args = _config(opts, f"{folder}/out-llava-{stage}", assistant_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     collator = CountingCollator(trainer.data_collator)
     trainer.data_collator = collator
     return trainer, collator
 
 
-def run_one(way: str, opts, folder: str) -> dict:
+def run_one(way: str, stage: str, opts, folder: str) -> dict:
     import torch
     from datasets import load_dataset
 
     import trainers  # noqa: F401  (registers the tinylmm Auto classes)
 
     torch.set_num_threads(opts.threads)
-    data = load_dataset(
-        "parquet", data_files={"train": f"{folder}/train.parquet", "held_out": f"{folder}/held_out.parquet"}
-    )
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    trainer, collator = (_tinylmm if way == "tinylmm" else _llava)(opts, folder, data["train"])
+    files = {"train": f"{folder}/{stage}-train.parquet", "held_out": f"{folder}/{stage}-held_out.parquet"}
+    data = load_dataset("parquet", data_files=files)
+    trainer, tally = (_tinylmm if way == "tinylmm" else _llava)(opts, folder, stage, data["train"])
     if opts.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     trainer.train()
     if opts.device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    counts = dict(collator.counts)
+    counts = dict(tally.counts)
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if opts.device == "cuda"
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss) / 1024
     )
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     held_out = trainer.evaluate(data["held_out"])["eval_loss"]
     return {
         "way": way,
+        "stage": stage,
         "seconds": seconds,
+        "samples": counts["samples"],
+        "supervised_tokens": counts["supervised"],
         "samples_per_s": counts["samples"] / seconds,
         "supervised_tokens_per_s": counts["supervised"] / seconds,
-        "padding_fraction": 1 - counts["tokens"] / max(counts["padded"], 1),
+        "padding_fraction": 1 - counts["tokens"] / max(counts["slots"], 1),
         "peak_memory_mib": peak,
-        "loss_last5": sum(losses[-5:]) / len(losses[-5:]),
         "held_out_loss": held_out,
     }
 
 
-def _child(way, opts, folder, queue):
+def _child(way, stage, opts, folder, queue):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        queue.put(run_one(way, opts, folder))
+        queue.put(run_one(way, stage, opts, folder))
     except BaseException as err:  # report it in the parent
         import traceback
 
         queue.put({"way": way, "error": f"{err!r}\n{traceback.format_exc()}"})
 
 
+KEYS = (
+    "supervised_tokens_per_s",
+    "samples_per_s",
+    "padding_fraction",
+    "peak_memory_mib",
+    "held_out_loss",
+    "supervised_tokens",
+)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--stage", choices=("align", "sft", "both"), default="both")
+    parser.add_argument("--mix", choices=("shapes", "llava665k"), default="shapes")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=0, help="training samples (default: steps x batch)")
+    parser.add_argument("--held_out", type=int, default=32, help="held-out samples")
+    parser.add_argument(
+        "--max_words", type=int, default=700, help="llava665k: most words in one conversation"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--activation_checkpointing", action="store_true")
     parser.add_argument(
         "--attn", default=None, help="attention kernel for both: eager, sdpa, flash_attention_2"
     )
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="both: longest sample (none here is longer); tinylmm: the packed row length (default: the batch's "
+        "longest sample)",
+    )
+    parser.add_argument("--no_packing", action="store_true", help="tinylmm: pad instead of packing")
     parser.add_argument("--group_by_length", action="store_true", help="tinylmm: modality-length grouping")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
     opts = parser.parse_args(argv)
 
+    stages = ("align", "sft") if opts.stage == "both" else (opts.stage,)
+    results = {}
     with tempfile.TemporaryDirectory() as folder:
-        image_size = PRESETS[opts.preset]["vision"]["image_size"]
-        save_dataset(
-            make_rows(opts.samples or opts.steps * opts.batch_size, image_size, opts.seed),
-            f"{folder}/train.parquet",
-        )
-        save_dataset(make_rows(64, image_size, opts.seed + 1), f"{folder}/held_out.parquet")
+        for stage in stages:
+            rows = make_rows(opts, stage, opts.steps * opts.batch_size, opts.seed)
+            save_dataset(rows, f"{folder}/{stage}-train.parquet")
+            save_dataset(
+                make_rows(opts, stage, opts.held_out, opts.seed + 1), f"{folder}/{stage}-held_out.parquet"
+            )
         build_start(opts.preset, folder, opts.seed)
-        results = {}
         context = multiprocessing.get_context("spawn")
-        for way in ("tinylmm", "llava"):
-            queue = context.Queue()
-            process = context.Process(target=_child, args=(way, opts, folder, queue))
-            process.start()
-            results[way] = queue.get()
-            process.join()
-            if "error" in results[way]:
-                raise SystemExit(f"{way} run failed:\n{results[way]['error']}")
+        for stage in stages:
+            results[stage] = {}
+            for way in ("tinylmm", "stock"):
+                queue = context.Queue()
+                process = context.Process(target=_child, args=(way, stage, opts, folder, queue))
+                process.start()
+                results[stage][way] = queue.get()
+                process.join()
+                if "error" in results[stage][way]:
+                    raise SystemExit(f"{way} {stage} run failed:\n{results[stage][way]['error']}")
 
-    keys = (
-        "samples_per_s",
-        "supervised_tokens_per_s",
-        "padding_fraction",
-        "peak_memory_mib",
-        "loss_last5",
-        "held_out_loss",
-    )
     print(
-        f"\n{opts.steps} steps x {opts.batch_size} samples, preset {opts.preset}, device {opts.device}, "
-        f"bf16 {opts.bf16}, grouping (tinylmm) {opts.group_by_length}"
+        f"\n{opts.steps} steps x {opts.batch_size} samples, mix {opts.mix}, preset {opts.preset}, "
+        f"device {opts.device}, bf16 {opts.bf16}, {opts.threads} thread(s), packing {not opts.no_packing}"
     )
-    print(f"{'':26}{'tinylmm':>12}{'llava+trl':>12}{'ratio':>9}")
-    for key in keys:
-        a, b = results["tinylmm"][key], results["llava"][key]
-        ratio = a / b if b else float("nan")
-        print(f"{key:26}{a:12.4g}{b:12.4g}{ratio:9.3f}")
+    for stage in stages:
+        ours, stock = results[stage]["tinylmm"], results[stage]["stock"]
+        print(f"\n{stage:26}{'tinylmm':>12}{'stock':>12}{'ratio':>9}")
+        for key in KEYS:
+            a, b = ours[key], stock[key]
+            ratio = a / b if b else float("nan")
+            print(f"{key:26}{a:12.4g}{b:12.4g}{ratio:9.3f}")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "results": results}, f, indent=2)

@@ -11,6 +11,8 @@ from _processor_fixtures import make_processor, rgb
 from conftest import tiny_model
 from trl import SFTConfig
 
+from trainers.arguments import training_fields
+
 CAPTIONS = ["a red circle", "a blue square", "two green triangle", "a yellow circle", "three blue shapes"]
 QUESTIONS = ["what is in this image ?", "how many shapes are there ?", "what color is it ?"]
 ANSWERS = ["a red circle .", "two", "it is blue ."]
@@ -111,10 +113,10 @@ def cpu_config(output_dir, **overrides) -> SFTConfig:
         report_to="none",
         logging_steps=1,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,
     )
     options.update(overrides)
-    return SFTConfig(**options)
+    return SFTConfig(**training_fields(options))

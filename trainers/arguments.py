@@ -152,6 +152,7 @@ class RecipeArguments:
             "train_modules": list(self.train_modules),
             "module_lrs": self.module_lrs,
             "use_lora": self.use_lora,
+            "lora_modules": list(self.lora_modules) if self.use_lora else None,
         }
 
 
@@ -184,3 +185,32 @@ def add_kebab_aliases(parser: argparse.ArgumentParser) -> None:
                     type=action.type,
                     choices=action.choices,
                 )
+
+
+# transformers 5.24 renamed these TrainingArguments fields: the old names warn (and go in v6), and releases
+# before 5.24 know only them. Recipes, the command line and our code may use either name; it is passed on
+# under the name the installed release has.
+RENAMED_TRAINING_FIELDS = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
+
+
+def training_field(name: str) -> str:
+    """The installed transformers' name for TrainingArguments (SFTConfig) field `name`, given by either name."""
+    from transformers import TrainingArguments
+
+    for new, old in RENAMED_TRAINING_FIELDS.items():
+        if name in (new, old):
+            return new if new in TrainingArguments.__dataclass_fields__ else old
+    return name
+
+
+def training_fields(values: dict) -> dict:
+    """`values` (SFTConfig keywords, a recipe's keys) with each renamed field under the installed name."""
+    for new, old in RENAMED_TRAINING_FIELDS.items():
+        if new in values and old in values:
+            raise ValueError(
+                f"{new} and {old} are one option ({old} is its old name): give it once, as {new}."
+            )
+    return {training_field(key): value for key, value in values.items()}

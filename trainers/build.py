@@ -6,22 +6,79 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer
 
 from modeling_tinylmm import TinyLMMForConditionalGeneration
-from processors.processing_tinylmm import TinyLMMProcessor
+from processors import CHAT_TEMPLATES, IMAGE_TOKEN, TinyLMMProcessor, guess_template_name
 
+from .checkpoint import set_generation_config
+from .model_card import write_model_card
 from .stages import write_stage
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
+
+def _vision_normalisation(vision_model: str | os.PathLike) -> dict:
+    """The vision checkpoint's own image mean / std when it ships an image processor (they win over the
+    backbone table's defaults); nothing when it has none."""
+    try:
+        own = AutoImageProcessor.from_pretrained(vision_model)
+    except (OSError, ValueError):
+        return {}
+    mean, std = getattr(own, "image_mean", None), getattr(own, "image_std", None)
+    return {"image_mean": list(mean), "image_std": list(std)} if mean is not None and std is not None else {}
 
 
-def _text_vocab_size(text_model: str) -> int:
-    config = AutoConfig.from_pretrained(text_model)
-    return config.get_text_config().vocab_size
+def compose(
+    vision_model: str | os.PathLike,
+    text_model: str | os.PathLike,
+    connector_type: str = "mlp2x_gelu",
+    chat_template: str | None = None,
+    **config_kwargs,
+) -> tuple[TinyLMMForConditionalGeneration, TinyLMMProcessor]:
+    """A pretrained vision encoder + a new connector + a pretrained LLM (Hub ids or local folders), and the
+    matching processor: ready to train or to save.
+
+    `<image>` is added to the LLM's tokenizer as a special token and its id becomes the model's
+    `image_token_id` (the embedding grows when the id lies past it). `chat_template`: a template name
+    (`tinylmm.processors.CHAT_TEMPLATES`), Jinja, or None to pick the LLM family's from its tokenizer.
+    `config_kwargs` are TinyLMMConfig fields (image_aspect_ratio, vision_feature_layer, connector_config …).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(text_model)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    model = TinyLMMForConditionalGeneration.from_components(
+        vision_model,
+        text_model,
+        connector_type=connector_type,
+        image_token_id=image_token_id,
+        vocab_size=len(tokenizer),
+        **config_kwargs,
+    )
+    if tokenizer.pad_token is None:
+        # TRL pads with EOS when there is no pad token; saying so here keeps the processor self-contained.
+        tokenizer.pad_token = tokenizer.eos_token
+    template = chat_template or guess_template_name(tokenizer)
+    processor = TinyLMMProcessor.from_config(
+        model.config, tokenizer=tokenizer, chat_template=template, **_vision_normalisation(vision_model)
+    )
+    set_generation_config(model, processor)  # generate stops at the template's end of turn
+    logger.info(
+        "composed %s + %s + %s; image token %r = id %d; chat template %s %s",
+        vision_model,
+        connector_type,
+        text_model,
+        IMAGE_TOKEN,
+        image_token_id,
+        template if template in CHAT_TEMPLATES else "(custom Jinja)",
+        "(as given)"
+        if chat_template
+        else "(picked from the LLM tokenizer's turn tokens; --chat_template overrides it)",
+    )
+    return model, processor
 
 
 def build(
@@ -32,30 +89,8 @@ def build(
     chat_template: str | None = None,
     **config_kwargs,
 ) -> str:
-    """Build and save the starting checkpoint; returns `output_dir`.
-
-    "<image>" is added to the LLM's tokenizer as a special token and its id becomes the model's
-    `image_token_id` (the embedding matrix grows when the id lies past it). `config_kwargs` are
-    TinyLMMConfig fields (image_aspect_ratio, vision_feature_layer, connector_config …).
-    """
-    tokenizer = AutoTokenizer.from_pretrained(text_model)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab = _text_vocab_size(text_model)
-    model = TinyLMMForConditionalGeneration.from_components(
-        vision_model,
-        text_model,
-        connector_type=connector_type,
-        image_token_id=image_token_id,
-        **config_kwargs,
-    )
-    if image_token_id >= vocab:
-        model.resize_token_embeddings(max(len(tokenizer), image_token_id + 1))
-    if tokenizer.pad_token is None:
-        # TRL pads with EOS when there is no pad token; saying so here keeps the processor self-contained.
-        tokenizer.pad_token = tokenizer.eos_token
-    processor = TinyLMMProcessor.from_config(model.config, tokenizer=tokenizer, chat_template=chat_template)
+    """Compose (see `compose`) and save the starting checkpoint of a recipe; returns `output_dir`."""
+    model, processor = compose(vision_model, text_model, connector_type, chat_template, **config_kwargs)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     write_stage(
@@ -67,7 +102,8 @@ def build(
             "connector_type": connector_type,
         },
     )
-    logger.info("built %s: image token %r = id %d", output_dir, IMAGE_TOKEN, image_token_id)
+    write_model_card(output_dir, model, processor)
+    logger.info("built %s", output_dir)
     return output_dir
 
 

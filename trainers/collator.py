@@ -5,19 +5,37 @@ that one that is too long can be shortened at a turn boundary (its last exchange
 images they hold) or dropped whole; image placeholders are never cut. Per-sample outputs are then padded
 and concatenated: `pixel_values` and `image_layout` are per crop / per visual input in marker order,
 so concatenating samples gives what a batched processor call gives.
+
+Tokenised once: `encode` renders and tokenises a row's chat with every visual input as ONE placeholder
+token, and the trainer maps it over the dataset before training (`encode_dataset`). A batch then costs
+per sample only opening and preprocessing its images (in DataLoader workers when there are any) and
+expanding each placeholder to the count the image processor gives; a sample that does not fit `max_length`
+goes the full way above, so it is shortened or dropped exactly as before.
+
+Packing (`packing=True`): the samples of a batch are packed, whole, into as few rows of at most
+`max_length` tokens as best-fit decreasing finds (the longest sample's length without `max_length`), with
+`position_ids` restarting at 0 for each sample and no `attention_mask`: transformers then keeps attention
+inside each sample (a block-diagonal mask with eager / SDPA, variable-length kernels with flash-attention).
+The first label of each sample is ignored, so no sample learns to predict the next one's first token;
+`pixel_values` and `image_layout` follow the samples in row-major order, which is the order the model fills
+placeholders in.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
+import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 from PIL import Image
 
-from processors.image_processing_tinylmm import load_image
+from processors.image_processing_tinylmm import LAYOUT_FIELDS, TinyLMMImageProcessor, load_image
 
 from .data import SampleError, example_visuals, resolve_path, to_chat
 
@@ -26,6 +44,15 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 # Batch keys that carry counts to the trainer (popped there before the forward).
 DROPPED_KEY, SKIPPED_KEY = "num_dropped_too_long", "num_skipped_missing_images"
+# Real (not padding) tokens in the batch: with the batch's size, the packing efficiency.
+TOKENS_KEY = "num_real_tokens"
+# Columns `encode` adds: token ids with one placeholder per visual input, the assistant mask, and the kind of
+# each visual input in placeholder order (0 image, 1 video).
+CHAT_IDS, CHAT_MASK, CHAT_VISUALS = "chat_input_ids", "chat_assistant_mask", "chat_visual_kinds"
+ENCODED_COLUMNS = (CHAT_IDS, CHAT_MASK, CHAT_VISUALS)
+_NUM_TOKENS = LAYOUT_FIELDS.index("num_tokens")
+# The columns a row's chat and visual inputs are read from (`encode` reads no other).
+_ROW_COLUMNS = ("messages", "conversations", "images", "image", "videos", "video", "sample_index")
 _FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -36,6 +63,42 @@ def _exchange_ends(chat: list[dict]) -> list[int]:
 
 def _count(chat: list[dict], kind: str) -> int:
     return sum(p["type"] == kind for m in chat for p in m["content"])
+
+
+class _OnePlaceholderEach:
+    """Stands in for the image processor while a chat is tokenised ahead of its images: each visual input
+    becomes one placeholder token (the processor's own rendering, tokenisation and assistant mask are used
+    unchanged), and the kinds are recorded in placeholder order."""
+
+    def __init__(self):
+        self.kinds: list[int] = []
+        self._record = [0] * len(LAYOUT_FIELDS)
+        self._record[_NUM_TOKENS] = 1
+
+    def image_crops(self, image, single: bool = True):
+        self.kinds.append(0)
+        return np.zeros((0, 3, 1, 1), np.float32), self._record
+
+    def video_frames(self, video):
+        self.kinds.append(1)
+        return np.zeros((0, 3, 1, 1), np.float32), self._record
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: sample indices grouped into rows of at most `capacity` tokens (a longer sample
+    gets a row of its own), longest samples first; each sample goes into the fullest row it fits in."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [r for r in range(len(rows)) if free[r] >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda r: free[r])
+            rows[best].append(i)
+            free[best] -= lengths[i]
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
 
 
 @dataclass
@@ -53,6 +116,7 @@ class TinyLMMCollator:
         assistant_only: supervise assistant turns only (each with its end-of-turn token); else every
             non-image token.
         pad_to_multiple_of: pad the batch length to a multiple of this.
+        packing: pack the batch's samples into rows (see the module docstring) instead of padding each.
     """
 
     processor: Any
@@ -62,6 +126,7 @@ class TinyLMMCollator:
     skip_missing_images: bool = False
     assistant_only: bool = True
     pad_to_multiple_of: int | None = None
+    packing: bool = False
     stats: dict = field(default_factory=lambda: {DROPPED_KEY: 0, SKIPPED_KEY: 0}, repr=False)
 
     def __post_init__(self):
@@ -74,12 +139,16 @@ class TinyLMMCollator:
         self.placeholder_ids = torch.tensor(
             sorted({self.processor.image_token_id, self.processor.video_token_id} - {None})
         )
+        self._placeholders = self.placeholder_ids.numpy()
+        self._one_each = _OnePlaceholderEach()
+        self._text_processor = copy.copy(self.processor)
+        self._text_processor.image_processor = self._one_each
 
     # -- one sample ---------------------------------------------------------------------------------
 
     def _open(self, value, index, kind: str):
         if isinstance(value, (str, os.PathLike)):
-            path = resolve_path(os.fspath(value), self.image_folder)
+            path = resolve_path(os.fspath(value), self.image_folder, index)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"sample {index}: {kind} file not found: {path}")
             if kind == "video":
@@ -136,46 +205,192 @@ class TinyLMMCollator:
         labels[torch.isin(input_ids, self.placeholder_ids)] = IGNORE_INDEX
         return labels
 
+    # -- tokenised once --------------------------------------------------------------------------------
+
+    def encode(self, example: dict[str, Any]) -> dict[str, list[int]]:
+        """The chat of a row rendered and tokenised, each visual input as one placeholder token: the columns
+        a batch expands (see `encode_dataset`)."""
+        index = example.get("sample_index")
+        images, videos = example_visuals(example)
+        messages = example.get("messages", example.get("conversations"))
+        chat = to_chat(messages or [], len(images), len(videos), index)
+        self._one_each.kinds = []
+        out = self._text_processor.apply_chat_template(
+            [chat],
+            chat_template=self.chat_template,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            images=[[None] * len(images)] if images else None,
+            videos=[[None] * len(videos)] if videos else None,
+        )
+        return {
+            CHAT_IDS: list(out["input_ids"][0]),
+            CHAT_MASK: list(out["assistant_masks"][0]),
+            CHAT_VISUALS: list(self._one_each.kinds),
+        }
+
+    def encode_dataset(self, dataset, num_proc: int | None = None):
+        """`dataset` with the `encode` columns added: a `datasets` map over the text columns only (images are
+        neither decoded nor copied), cached under a fingerprint of the dataset and of what the encoding
+        depends on, and joined to the dataset column-wise; lazy for a streaming dataset. Anything that is
+        not a `datasets` dataset is returned as it is (its rows are encoded batch by batch)."""
+        if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
+            return dataset
+        if CHAT_IDS in (dataset.column_names or []):
+            return dataset
+        if isinstance(dataset, datasets.IterableDataset):
+            return dataset.map(self.encode)
+        columns = [c for c in _ROW_COLUMNS if c in dataset.column_names]
+        view = dataset.select_columns(columns)
+        for column, feature in view.features.items():  # count images without decoding them
+            inner = getattr(feature, "feature", feature)
+            if isinstance(inner, datasets.Image):
+                image = datasets.Image(decode=False)
+                view = view.cast_column(column, datasets.List(image) if inner is not feature else image)
+        fingerprint = Hasher.hash(
+            [dataset._fingerprint, self._encoding_key(), ENCODED_COLUMNS, "tinylmm-encode-1"]
+        )
+        encoded = view.map(
+            self.encode,
+            remove_columns=columns,
+            num_proc=num_proc,
+            new_fingerprint=fingerprint,
+            desc="Tokenising chats",
+        )
+        return datasets.concatenate_datasets([dataset, encoded], axis=1)
+
+    def _encoding_key(self) -> list:
+        """What the encoded columns depend on besides the rows: the template, the tokenizer, the labels."""
+        tokenizer = self.processor.tokenizer
+        template = self.chat_template if self.chat_template is not None else self.processor.chat_template
+        vocab = sorted(tokenizer.get_vocab().items())
+        return [template, vocab, tokenizer.bos_token, tokenizer.eos_token, self.assistant_only]
+
+    def _from_encoded(self, example, images, videos, index):
+        """(input_ids, labels, (pixel_values, image_layout) or None) from the encoded columns, or None when the
+        sample does not fit `max_length` (it then goes the full way, to be shortened or dropped)."""
+        ids = np.asarray(example[CHAT_IDS], dtype=np.int64)
+        kinds = list(example[CHAT_VISUALS])
+        where = np.flatnonzero(np.isin(ids, self._placeholders))
+        if len(where) != len(kinds) or kinds.count(0) != len(images) or kinds.count(1) != len(videos):
+            return None  # the full way names the mismatch
+        processor = self.processor.image_processor
+        parts, image_iter, video_iter = [], iter(images), iter(videos)
+        for number, kind in enumerate(kinds):
+            try:
+                if kind == 0:
+                    parts.append(processor.image_crops(next(image_iter), single=len(images) == 1))
+                else:
+                    parts.append(processor.video_frames(next(video_iter)))
+            except (ValueError, FileNotFoundError) as err:
+                what = "image" if kind == 0 else "video"
+                raise SampleError(f"sample {index}, visual input {number + 1} ({what}): {err}") from err
+        repeats = np.ones(len(ids), dtype=np.int64)
+        repeats[where] = [record[_NUM_TOKENS] for _, record in parts]
+        if self.max_length is not None and int(repeats.sum()) > self.max_length:
+            return None
+        input_ids = torch.from_numpy(np.repeat(ids, repeats))
+        labels = input_ids.clone()
+        if self.assistant_only:
+            mask = np.repeat(np.asarray(example[CHAT_MASK], dtype=bool), repeats)
+            labels[torch.from_numpy(~mask)] = IGNORE_INDEX
+        labels[torch.isin(input_ids, self.placeholder_ids)] = IGNORE_INDEX
+        visual = None
+        if parts:
+            packed = TinyLMMImageProcessor.pack(parts, return_tensors="pt")
+            visual = (packed["pixel_values"], packed["image_layout"])
+        return input_ids, labels, visual
+
     # -- the batch ----------------------------------------------------------------------------------
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        rows, visual_parts, dropped, skipped = [], [], 0, 0
-        for position, example in enumerate(examples):
-            index = example.get("sample_index", position)
-            images, videos = example_visuals(example)
+    def _sample(self, example, position) -> tuple | str:
+        """(input_ids, labels, visual parts or None) of one row, or "dropped" / "skipped"."""
+        index = example.get("sample_index", position)
+        images, videos = example_visuals(example)
+        encoded = CHAT_IDS in example
+        if not encoded:
             messages = example.get("messages", example.get("conversations"))
             chat = to_chat(messages or [], len(images), len(videos), index)
-            try:
-                images = [self._open(x, index, "image") for x in images]
-                videos = [self._open(x, index, "video") for x in videos]
-            except FileNotFoundError as err:
-                if not self.skip_missing_images:
-                    raise
-                logger.warning("%s; sample skipped.", err)
-                skipped += 1
-                continue
-            encoded = self._fit(chat, images, videos, index)
-            if encoded is None:
+        try:
+            images = [self._open(x, index, "image") for x in images]
+            videos = [self._open(x, index, "video") for x in videos]
+        except FileNotFoundError as err:
+            if not self.skip_missing_images:
+                raise
+            logger.warning("%s; sample skipped.", err)
+            return "skipped"
+        if encoded:
+            sample = self._from_encoded(example, images, videos, index)
+            if sample is not None:
+                return sample
+            messages = example.get("messages", example.get("conversations"))
+            chat = to_chat(messages or [], len(images), len(videos), index)
+        full = self._fit(chat, images, videos, index)
+        if full is None:
+            return "dropped"
+        visual = (full["pixel_values"], full["image_layout"]) if "pixel_values" in full else None
+        return full["input_ids"][0], self._labels(full), visual
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        samples, dropped, skipped = [], 0, 0
+        for position, example in enumerate(examples):
+            sample = self._sample(example, position)
+            if sample == "dropped":
                 dropped += 1
-                continue
-            rows.append((encoded["input_ids"][0], self._labels(encoded)))
-            if "pixel_values" in encoded:
-                visual_parts.append((encoded["pixel_values"], encoded["image_layout"]))
+            elif sample == "skipped":
+                skipped += 1
+            else:
+                samples.append(sample)
         self.stats[DROPPED_KEY] += dropped
         self.stats[SKIPPED_KEY] += skipped
-        if not rows:  # every sample dropped: one padding row that supervises nothing keeps the step valid
-            rows = [(torch.tensor([self.pad_token_id]), torch.tensor([IGNORE_INDEX]))]
-        batch = self._pad(rows)
+        if not samples:  # every sample dropped: one padding row that supervises nothing keeps the step valid
+            samples = [(torch.tensor([self.pad_token_id]), torch.tensor([IGNORE_INDEX]), None)]
+        if self.packing:
+            batch, order = self._pack([(ids, lab) for ids, lab, _ in samples])
+        else:
+            batch, order = self._pad([(ids, lab) for ids, lab, _ in samples]), range(len(samples))
+        visual_parts = [samples[i][2] for i in order if samples[i][2] is not None]
         if visual_parts:
             batch["pixel_values"] = torch.cat([p for p, _ in visual_parts])
             batch["image_layout"] = torch.cat([layout for _, layout in visual_parts])
         batch[DROPPED_KEY], batch[SKIPPED_KEY] = dropped, skipped
+        batch[TOKENS_KEY] = sum(len(ids) for ids, _, _ in samples)
         return batch
 
-    def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        length = max(len(ids) for ids, _ in rows)
+    def _length(self, longest: int) -> int:
         if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
+
+    def _pack(
+        self, rows: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Rows packed (best-fit decreasing) with per-sample position ids; also the samples' order in it."""
+        lengths = [len(ids) for ids, _ in rows]
+        bins = pack_rows(lengths, self.max_length or max(lengths))
+        length = self._length(max(sum(lengths[i] for i in members) for members in bins))
+        input_ids = torch.full((len(bins), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(bins), length), IGNORE_INDEX, dtype=torch.long)
+        # Padding gets positions of its own (restarting at 0), so it reads as one more sample that nothing
+        # attends to.
+        position_ids = torch.zeros((len(bins), length), dtype=torch.long)
+        for r, members in enumerate(bins):
+            start = 0
+            for i in members:
+                ids, lab = rows[i]
+                end = start + len(ids)
+                input_ids[r, start:end] = ids
+                labels[r, start:end] = lab
+                labels[r, start] = IGNORE_INDEX  # never a target: nothing before it belongs to its sample
+                position_ids[r, start:end] = torch.arange(len(ids))
+                start = end
+            position_ids[r, start:] = torch.arange(length - start)
+        order = [i for members in bins for i in members]
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}, order
+
+    def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        length = self._length(max(len(ids) for ids, _ in rows))
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)

@@ -8,11 +8,22 @@ already have it; `sample_index` is added so that errors can name a sample.
 
 `<image>` / `<video>` markers in string content say where each visual goes; a sample with visuals and no
 markers gets them at the start of its first user turn (TRL's convention).
+
+Image paths are resolved against the image folder and must stay inside it: `../x.png` or an absolute path
+elsewhere is an error naming the sample. The check is on the normalised path, before symbolic links are
+followed: a link placed inside the folder (an image folder that links to shared storage) is the folder
+owner's choice and is allowed; a path written in the data cannot climb out.
+
+A LLaVA file's converted rows are cached by datasets (an Arrow file) under a key made of the file's content
+(SHA-256 of every byte), the image folder and this module's code: an edited file is converted again, also in
+a new process. Size and modification time would miss an edit that keeps both (`cp -p`, `rsync -t`); hashing
+costs one read of the file, less than the JSON parse every load already does to tell a LLaVA file from a
+`messages` one.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import re
@@ -22,6 +33,8 @@ from typing import Any
 
 import datasets
 from datasets import Dataset, IterableDataset, load_dataset
+
+from .records import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +69,14 @@ def check_roles(messages: list[dict], index=None) -> list[str]:
     """Normalised roles of a conversation; raise on an empty one, a bad order, or a user turn last."""
     if not messages:
         raise _fail(index, "empty conversation.")
+    if not isinstance(messages, (list, tuple)):
+        raise _fail(index, f"the conversation is {type(messages).__name__}; expected a list of turns.")
     roles = []
     for turn, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _fail(
+                index, f"turn {turn} is {type(message).__name__} {message!r:.60}; expected an object."
+            )
         raw = message.get("role", message.get("from"))
         if raw not in ROLES:
             raise _fail(index, f"turn {turn} has role {raw!r}; expected one of {sorted(ROLES)}.")
@@ -91,24 +110,43 @@ def _parts(content) -> list[dict]:
             elif piece:
                 parts.append({"type": "text", "text": piece})
         return parts
+    if not isinstance(content, (list, tuple)):
+        raise ValueError(
+            f"the text is {type(content).__name__} {content!r:.60}; expected a string (or a list of content parts)."
+        )
     parts = []
     for part in content:
-        kind = part.get("type")
+        kind = part.get("type") if isinstance(part, dict) else None
         if kind not in ("text", "image", "video"):
-            raise ValueError(f"content part of type {kind!r}; expected text, image or video.")
-        parts.append({"type": "text", "text": part.get("text") or ""} if kind == "text" else {"type": kind})
+            shown = f"of type {kind!r}" if isinstance(part, dict) else f"{part!r:.60}"
+            raise ValueError(f"content part {shown}; expected a text, image or video part.")
+        text = part.get("text") or ""
+        if kind == "text" and not isinstance(text, str):
+            raise ValueError(f"a text part holds {type(text).__name__} {text!r:.60}; expected a string.")
+        parts.append({"type": "text", "text": text} if kind == "text" else {"type": kind})
     return parts
+
+
+def modality_length(messages: list[dict], has_visuals: bool) -> int:
+    """LLaVA's modality length, what `group_by_modality_length` sorts by: the conversation's word count + 1,
+    negative for a text-only sample."""
+    words = 0
+    for message in messages or []:
+        for part in _parts(message.get("content", message.get("value"))):
+            if part["type"] == "text":
+                words += len(part["text"].split())
+    return words + 1 if has_visuals else -(words + 1)
 
 
 def to_chat(messages: list[dict], num_images: int, num_videos: int, index=None) -> list[dict]:
     """Validated messages with list-of-parts content, one image / video part per visual input."""
     roles = check_roles(messages, index)
-    try:
-        chat = [
-            {"role": r, "content": _parts(m.get("content", m.get("value")))} for r, m in zip(roles, messages)
-        ]
-    except ValueError as err:
-        raise _fail(index, str(err)) from None
+    chat = []
+    for turn, (role, message) in enumerate(zip(roles, messages)):
+        try:
+            chat.append({"role": role, "content": _parts(message.get("content", message.get("value")))})
+        except ValueError as err:
+            raise _fail(index, f"turn {turn} ({role}): {err}") from None
     counts = {kind: sum(p["type"] == kind for m in chat for p in m["content"]) for kind in ("image", "video")}
     if counts == {"image": 0, "video": 0} and (num_images or num_videos):
         first_user = roles.index("user")
@@ -147,58 +185,85 @@ def llava_row(row: dict, index: int, image_folder: str | None = None) -> dict:
         raise _fail(index, f"no 'conversations' field (fields: {sorted(row)}).")
     images = _as_list(row.get("images", row.get("image")))
     videos = _as_list(row.get("videos", row.get("video")))
+    for path in images + videos:
+        if not isinstance(path, str):
+            raise _fail(
+                index, f"image / video path {path!r:.60} is {type(path).__name__}; expected a string."
+            )
     conversations = row["conversations"]
     # LLaVA-OneVision's video rows mark the video with <image>.
-    if videos and not images:
+    if videos and not images and isinstance(conversations, list):
         conversations = [
-            {**turn, "value": (turn.get("value") or "").replace(IMAGE_MARKER, VIDEO_MARKER)}
+            {**turn, "value": turn["value"].replace(IMAGE_MARKER, VIDEO_MARKER)}
+            if isinstance(turn, dict) and isinstance(turn.get("value"), str)
+            else turn
             for turn in conversations
         ]
     chat = to_chat(conversations, len(images), len(videos), index)
-    words = sum(len(p["text"].split()) for m in chat for p in m["content"] if p["type"] == "text")
     messages = [{"role": m["role"], "content": (m2.get("value") or "")} for m, m2 in zip(chat, conversations)]
     return {
         "messages": messages,
-        "images": [resolve_path(str(p), image_folder) for p in images],
-        "videos": [resolve_path(str(p), image_folder) for p in videos],
+        "images": [resolve_path(p, image_folder, index) for p in images],
+        "videos": [resolve_path(p, image_folder, index) for p in videos],
         "sample_index": index,
-        # LLaVA's modality-length grouping: text length, negative for text-only samples.
-        "modality_length": words + 1 if images or videos else -(words + 1),
+        "modality_length": modality_length(chat, bool(images or videos)),
     }
 
 
-def _read_rows(path: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            for line_number, line in enumerate(f):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}, line {line_number + 1}: not valid JSON ({err}).") from None
-        else:
-            rows = json.load(f)
-            if not isinstance(rows, list):
-                raise ValueError(
-                    f"{path}: a LLaVA JSON file holds a list of samples, got {type(rows).__name__}."
-                )
-            yield from rows
-
-
 def _llava_rows(path: str, image_folder: str | None) -> Iterator[dict]:
-    for index, row in enumerate(_read_rows(path)):
-        yield llava_row(row, index, image_folder)
+    for index, (where, row) in enumerate(read_records(path)):
+        if where == "the top level":
+            raise ValueError(f"{path}: a LLaVA JSON file holds a list of samples, got a single object.")
+        if not isinstance(row, dict):
+            raise _fail(index, f"({path}, {where}) is {type(row).__name__}; expected an object.")
+        try:
+            yield llava_row(row, index, image_folder)
+        except SampleError as err:
+            raise SampleError(f"{path}, {where}: {err}") from None
+
+
+def _first_record(path: str):
+    """The first record of a JSON / JSONL data file; raise when it holds none."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes); a data file needs at least one sample.")
+    first = next(read_records(path), None)
+    if first is None:
+        raise ValueError(f"{path} holds no samples (an empty list or only blank lines).")
+    return first[1]
 
 
 def is_llava_file(path: str) -> bool:
     if not (os.path.isfile(path) and path.endswith((".json", ".jsonl"))):
         return False
-    first = next(_read_rows(path), None)
+    first = _first_record(path)
     return isinstance(first, dict) and "conversations" in first
 
 
-def resolve_path(path: str, folder: str | None) -> str:
-    return path if folder is None or os.path.isabs(path) else os.path.join(folder, path)
+def resolve_path(path: str, folder: str | None, index=None) -> str:
+    """`path` resolved against `folder` (absolute paths stay as they are). With a folder, a path that leads
+    outside it once normalised (`../x.png`, an absolute path elsewhere) is an error naming the sample."""
+    if folder is None:
+        return path
+    root = os.path.normpath(os.path.abspath(folder))
+    full = os.path.normpath(os.path.join(root, path))  # an absolute `path` replaces `root`
+    if os.path.commonpath([root, full]) != root:
+        raise _fail(
+            index,
+            f"image path {path!r} leads outside the image folder {root} (to {full}). Paths in the data must "
+            "stay inside the image folder: set --image_folder to a folder that holds every image.",
+        )
+    return full
+
+
+def _content_fingerprint(path: str, image_folder: str) -> str:
+    """The Arrow cache key of a LLaVA file's converted rows: its bytes, the image folder the paths were
+    resolved against, and this module's code (the conversion)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    digest.update(b"\0" + image_folder.encode() + b"\0" + Path(__file__).read_bytes())
+    return f"llava-{digest.hexdigest()[:32]}"
 
 
 def load_llava(
@@ -211,9 +276,14 @@ def load_llava(
     if streaming:
         return IterableDataset.from_generator(_llava_rows, features=FEATURES, gen_kwargs=gen_kwargs)
     # Validate in this process first: a bad sample fails with its own message, not a generation error, and
-    # the validated rows land in an Arrow file (memory-mapped, cached).
+    # the validated rows land in an Arrow file (memory-mapped, cached under the file's content).
     try:
-        return Dataset.from_generator(_llava_rows, features=FEATURES, gen_kwargs=gen_kwargs)
+        return Dataset.from_generator(
+            _llava_rows,
+            features=FEATURES,
+            gen_kwargs=gen_kwargs,
+            fingerprint=_content_fingerprint(path, image_folder),
+        )
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__
         while cause is not None and not isinstance(cause, ValueError):
@@ -242,7 +312,7 @@ def find_missing_images(dataset: Dataset, image_folder: str | None) -> list[tupl
     for column in columns:
         for index, paths in zip(indices, dataset[column]):
             for path in paths or []:
-                path = resolve_path(path, image_folder)
+                path = resolve_path(path, image_folder, index)
                 if not os.path.exists(path):
                     missing.append((index, path))
     return sorted(missing)
@@ -261,6 +331,13 @@ def drop_missing(dataset: Dataset, image_folder: str | None, skip: bool) -> tupl
             "--skip_missing_images to train without those samples."
         )
     bad = {i for i, _ in missing}
+    if len(bad) == len(dataset):
+        shown = "; ".join(f"sample {i}: {p}" for i, p in missing[:3])
+        raise FileNotFoundError(
+            f"the image files of every sample are missing ({len(missing)} file(s), e.g. {shown}); nothing is "
+            "left to train on. Check the image paths and "
+            + (f"--image_folder ({image_folder})." if image_folder else "set --image_folder.")
+        )
     kept = dataset.filter(lambda i: i not in bad, input_columns="sample_index")
     logger.warning("skipped %d sample(s) whose image files are missing.", len(dataset) - len(kept))
     return kept, len(dataset) - len(kept)

@@ -14,7 +14,7 @@ import datasets
 import torch
 from torch.utils.data import Sampler
 
-from .data import example_visuals
+from .data import example_visuals, modality_length
 
 
 def grouped_indices(lengths: Sequence[int], megabatch: int, generator: torch.Generator) -> list[int]:
@@ -50,17 +50,6 @@ class ModalityLengthGroupedSampler(Sampler[int]):
         return iter(grouped_indices(self.lengths, self.megabatch, generator))
 
 
-def _text_length(messages) -> int:
-    words = 0
-    for message in messages or []:
-        content = message.get("content", message.get("value"))
-        if isinstance(content, str):
-            words += len(content.split())
-        else:
-            words += sum(len((p.get("text") or "").split()) for p in content or [])
-    return words
-
-
 def modality_lengths(dataset: datasets.Dataset) -> list[int]:
     """Signed lengths of a map-style dataset: its `modality_length` column, or computed from the text
     (word count) and whether the sample has visuals; images are not decoded."""
@@ -80,6 +69,5 @@ def modality_lengths(dataset: datasets.Dataset) -> list[int]:
     lengths = []
     for row in view:
         images, videos = example_visuals(row)
-        words = _text_length(row.get("messages", row.get("conversations")))
-        lengths.append(words + 1 if images or videos else -(words + 1))
+        lengths.append(modality_length(row.get("messages", row.get("conversations")), bool(images or videos)))
     return lengths

@@ -60,7 +60,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
             # Two epochs of three steps; modality grouping makes one step of each epoch text-only on both ranks.
             max_steps: 6
             group_by_modality_length: true
-            gradient_checkpointing: true
+            activation_checkpointing: true
             bf16: false
             use_cpu: true
             report_to: none

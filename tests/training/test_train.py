@@ -21,7 +21,7 @@ from datasets import Dataset, Features, Image, List, Value
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from trainers.arguments import RecipeArguments
+from trainers.arguments import RecipeArguments, training_field
 from trainers.collator import IGNORE_INDEX, TinyLMMCollator
 from trainers.data import load_training_data
 from trainers.stages import read_stage
@@ -221,7 +221,7 @@ def test_trl_sft_command_trains_a_tinylmm_checkpoint(tmp_path):
         "--use_cpu",
         "--report_to",
         "none",
-        "--gradient_checkpointing",
+        f"--{training_field('activation_checkpointing')}",
         "False",
         "--disable_tqdm",
         "True",
