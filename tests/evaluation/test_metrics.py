@@ -57,11 +57,22 @@ def test_pope_counts_and_rates(load):
     assert r["yes_ratio"] == pytest.approx(3 / 6)
 
 
-def test_pope_empty_answer_is_counted(load):
-    # By the papers' convention an answer without "no" / "not" is a yes; empty ones are reported.
-    r = load("pope").compute(predictions=["", "  ", "No"], references=["no", "yes", "no"])
-    assert r["empty"] == 2
-    assert (r["tp"], r["fp"], r["tn"]) == (1, 1, 1)
+def test_pope_answer_without_a_word_is_unparsed_and_wrong_never_yes(load):
+    # Empty, blank, punctuation-only and digit-only answers say neither yes nor no.
+    predictions = ["", "  ", ".", "2", "No", "Yes"]
+    references = ["no", "yes", "yes", "no", "no", "yes"]
+    r = load("pope").compute(predictions=predictions, references=references)
+    assert r["unparsed"] == 4
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (1, 0, 1, 0)
+    assert r["accuracy"] == pytest.approx(2 / 6)  # unparsed answers are wrong
+    assert r["recall"] == pytest.approx(1 / 3)  # two of the three positives were not answered
+    assert r["precision"] == 1.0 and r["yes_ratio"] == pytest.approx(1 / 6)
+
+
+def test_pope_all_empty_answers_score_zero_not_perfect(load):
+    # A run that generated nothing (e.g. no batch ran) must not look like a model that said "yes" to all.
+    r = load("pope").compute(predictions=[""] * 4, references=["yes"] * 4)
+    assert r["unparsed"] == 4 and r["accuracy"] == 0.0 and r["recall"] == 0.0 and r["f1"] == 0.0
 
 
 def test_pope_all_no_has_zero_f1_not_an_error(load):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import add_kebab_aliases
+from ..model_card import chat_template_name, record_evaluation
 from .benchmarks import (
     COCO_IMAGE_PATTERN,
     MAX_NEW_TOKENS,
@@ -19,7 +20,7 @@ from .benchmarks import (
     Sample,
     load_benchmark,
 )
-from .generation import generate_answers, load_model
+from .generation import PROMPT_FORMAT, check_positive, generate_answers, load_model
 from .scoring import format_table, score
 
 
@@ -40,6 +41,9 @@ def evaluate_model(
     of samples. Returns {"task", "overall", "per_category", "predictions"}; metric values are fractions."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}.")
+    check_positive(batch_size=batch_size)
+    if max_new_tokens is not None:
+        check_positive(max_new_tokens=max_new_tokens)
     samples = (
         load_benchmark(task, data, images, annotations, image_pattern=image_pattern)
         if isinstance(data, (str, os.PathLike))
@@ -48,18 +52,25 @@ def evaluate_model(
     if not samples:
         raise BenchmarkError(f"{data}: no samples.")
     model, processor = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    prompt_suffix = PROMPT_SUFFIXES[task] if prompt_suffix is None else prompt_suffix
     predictions = generate_answers(
         model,
         processor,
         samples,
-        prompt_suffix=PROMPT_SUFFIXES[task] if prompt_suffix is None else prompt_suffix,
+        prompt_suffix=prompt_suffix,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[task],
         blank_images=blank_images,
         progress=progress,
         desc=f"{task}{' (blank images)' if blank_images else ''}",
     )
-    result = {"task": task, **score(task, samples, predictions)}
+    result = {
+        "task": task,
+        "prompt": prompt_record(processor, prompt_suffix),
+        **score(task, samples, predictions),
+    }
+    if blank_images:
+        result["blank_images"] = True
     result["predictions"] = [
         {"id": s.id, "category": s.category, "prediction": p, "reference": s.references[0]}
         for s, p in zip(samples, predictions)
@@ -67,7 +78,37 @@ def evaluate_model(
     return result
 
 
+def prompt_record(processor, suffix: str) -> dict[str, str]:
+    """How each question was put to the model: the user text's format, the suffix, the chat template."""
+    return {
+        "format": PROMPT_FORMAT if suffix else "{question}",
+        "suffix": suffix,
+        "chat_template": chat_template_name(getattr(processor, "chat_template", None)),
+    }
+
+
+def prompt_note(result: dict[str, Any]) -> str:
+    """The line under a results table that says how the questions were asked."""
+    prompt = result["prompt"]
+    if not prompt["suffix"]:
+        return f"Prompt: the question alone, no suffix; chat template {prompt['chat_template']}."
+    return (
+        f"Prompt: the question, a new line, then the suffix {prompt['suffix']!r}; chat template "
+        f'{prompt["chat_template"]}. --prompt_suffix changes the suffix ("" for none).'
+    )
+
+
 # -- the CLI subcommand ----------------------------------------------------------------------------------
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {number}")
+    return number
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -96,8 +137,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"vqa: file name of an image from its image_id (default: COCO's, {COCO_IMAGE_PATTERN})",
     )
-    parser.add_argument("--batch_size", type=int, default=16, help="prompts per generate call")
-    parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the task's")
+    parser.add_argument("--batch_size", type=_positive_int, default=16, help="prompts per generate call")
+    parser.add_argument("--max_new_tokens", type=_positive_int, default=None, help="default: the task's")
     parser.add_argument(
         "--prompt_suffix", default=None, help="text after each question (default: the paper's)"
     )
@@ -125,7 +166,22 @@ def run(args: argparse.Namespace) -> int:
     )
     result = {"model": str(args.model), "data": str(args.data), **result}
     print(format_table(result))
+    print(f"\n{prompt_note(result)}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    _record_in_folder(args.model, result, *model)
     return 0
+
+
+def _record_in_folder(folder: str, result: dict[str, Any], model, processor) -> None:
+    """Add the scores to a tinylmm folder's records and model card (skipped, with a notice, where the folder
+    cannot be written)."""
+    if getattr(model.config, "model_type", None) != "tinylmm":
+        return
+    try:
+        record_evaluation(folder, result, model, processor)
+    except OSError as err:
+        print(f"(scores not recorded in {folder}: {err.strerror or err})")
+        return
+    print(f"Recorded in {Path(folder) / 'README.md'} (its model card).")

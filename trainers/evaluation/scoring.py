@@ -29,7 +29,7 @@ def _score_group(task: str, samples: list[Sample], predictions: list[str]) -> di
         result = load_metric("pope").compute(
             predictions=predictions, references=[s.references[0] for s in samples]
         )
-        keep = ("accuracy", "precision", "recall", "f1", "yes_ratio", "empty")
+        keep = ("accuracy", "precision", "recall", "f1", "yes_ratio", "unparsed")
         return {k: result[k] for k in keep}
     if task == "vqa":
         vqa = load_metric("vqa_accuracy").compute(
@@ -73,9 +73,15 @@ def format_table(result: dict[str, Any]) -> str:
     """A Markdown table: one row per category and the overall row; fractions shown as percentages."""
     rows = [*result["per_category"].items(), ("overall", result["overall"])]
     keys = [k for k in result["overall"] if k != "n"]
-    counts = {"empty", "unparsed"}
+    counts = {"unparsed"}
     lines = ["| category | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for name, metrics in rows:
         cells = [str(metrics[k]) if k in counts else f"{100 * metrics[k]:.1f}" for k in keys]
         lines.append(f"| {name} | {metrics['n']} | " + " | ".join(cells) + " |")
+    unparsed = result["overall"].get("unparsed")
+    if unparsed:
+        lines.append(
+            f"\n{unparsed} of {result['overall']['n']} answers could not be read as an answer (empty, or no "
+            "word / choice in them) and were scored as wrong."
+        )
     return "\n".join(lines)

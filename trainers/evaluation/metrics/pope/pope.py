@@ -8,9 +8,11 @@ import evaluate
 _DESCRIPTION = """
 POPE asks "Is there a <object> in the image?" and scores the yes/no answers, "yes" being the positive
 class. An answer is read from its first sentence: it is "no" when that sentence holds the word "no" or
-"not", and "yes" otherwise (the convention the LLaVA family of papers report with). Answers that are
-empty are read as "yes" by that convention; their number is returned as `empty` so that it is never
-silent.
+"not", and "yes" when it holds any other word (the convention the LLaVA family of papers report with).
+An answer without a single word (no letter a-z: empty, blank, punctuation or digits only, as a model
+that generated nothing gives) cannot be read: it is never counted as "yes". It is counted in `unparsed` and scored as wrong:
+accuracy and recall count it in their denominators (a positive it was asked about is a missed one);
+precision and the yes-ratio's numerator do not.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -18,7 +20,8 @@ Args:
     predictions (`list` of `str`): generated answers.
     references (`list` of `str`): "yes" or "no".
 Returns:
-    accuracy, precision, recall, f1, yes_ratio (fractions in 0-1), and the counts tp, fp, tn, fn, empty.
+    accuracy, precision, recall, f1, yes_ratio (fractions in 0-1), and the counts tp, fp, tn, fn and
+    unparsed (answers that hold no word; wrong whatever the reference).
 Examples:
     >>> pope = evaluate.load("trainers/metrics/pope")
     >>> pope.compute(predictions=["Yes, there is.", "No, there is not."], references=["yes", "yes"])["recall"]
@@ -35,10 +38,14 @@ _CITATION = """
 """
 
 _WORDS = re.compile(r"[a-z']+")
+_LETTER = re.compile(r"[a-z]")
 
 
-def parse_yes_no(answer: str) -> str:
-    """Read an answer as "no" when its first sentence says "no" or "not", else as "yes"."""
+def parse_yes_no(answer: str) -> str | None:
+    """Read an answer as "no" when its first sentence says "no" or "not", as "yes" when it holds any other
+    word; None when the answer holds no word at all."""
+    if not _LETTER.search(answer.lower()):
+        return None
     first = answer.strip().split(".")[0].lower()
     return "no" if {"no", "not"} & set(_WORDS.findall(first)) else "yes"
 
@@ -65,15 +72,20 @@ class Pope(evaluate.Metric):
 
     def _compute(self, predictions, references):
         tp = fp = tn = fn = 0
+        unparsed = unparsed_positive = 0
         for prediction, reference in zip(predictions, references):
-            said_yes = parse_yes_no(prediction) == "yes"
-            if _label(reference) == "yes":
-                tp, fn = tp + said_yes, fn + (not said_yes)
+            read = parse_yes_no(prediction)
+            positive = _label(reference) == "yes"
+            if read is None:
+                unparsed += 1
+                unparsed_positive += positive
+            elif positive:
+                tp, fn = tp + (read == "yes"), fn + (read == "no")
             else:
-                fp, tn = fp + said_yes, tn + (not said_yes)
-        total = tp + fp + tn + fn
+                fp, tn = fp + (read == "yes"), tn + (read == "no")
+        total = tp + fp + tn + fn + unparsed
         precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
+        recall = tp / (tp + fn + unparsed_positive) if tp + fn + unparsed_positive else 0.0
         return {
             "accuracy": (tp + tn) / total if total else 0.0,
             "precision": precision,
@@ -84,5 +96,5 @@ class Pope(evaluate.Metric):
             "fp": fp,
             "tn": tn,
             "fn": fn,
-            "empty": sum(not p.strip() for p in predictions),
+            "unparsed": unparsed,
         }
