@@ -20,6 +20,8 @@ COMMANDS = {
     "recipes": "trainers.recipes",
     "eval": "trainers.evaluation.harness",
     "demo": "trainers.demo.pipeline",
+    "chat": "trainers.chat.command",
+    "convert": "trainers.convert.command",
 }
 # Commands that report through logging at INFO by default; the rest print their own output.
 _VERBOSE = {"build", "train"}
