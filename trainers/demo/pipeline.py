@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import random
+import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,6 +55,12 @@ class DemoSettings:
     suffix_every_turn: bool = False  # the short-answer instruction on each chat's first question only
     # The model.
     vision_hidden: int = 64
+    # The ViT's learned position embeddings start at the scale of its patch embeddings. At CLIP's default
+    # (std 0.02, ~40x smaller than a patch's embedding here) they never grow: a trained model's image tokens
+    # encode colour and shape (a linear probe reads them perfectly) but not the cell (a probe reads row and
+    # column at chance), and the LLM has to work the cell out from the tokens' order. Where-questions then
+    # depend on the seed, and relations, which compare two such derived positions, are never learned.
+    vision_position_std: float | None = 0.5
     vision_layers: int = 2
     text_hidden: int = 128
     text_layers: int = 2
@@ -68,8 +76,15 @@ class DemoSettings:
     sft_steps: int = 2200
     sft_lr: float = 1e-3
     warmup_ratio: float = 0.03
+    # Each batch's samples packed into rows of at most `max_length` tokens (no padding between samples).
+    packing: bool = True
+    max_length: int | None = None  # rows as long as each batch's longest sample: no attention cost added
+    dataloader_workers: int = 0
     logging_steps: int = 25
     eval_batch_size: int = 64
+    # A smoke run (`--quick`) checks that the pipeline runs end to end; its scores mean nothing, and its
+    # report says so.
+    smoke: bool = False
 
 
 QUICK = DemoSettings(
@@ -84,6 +99,7 @@ QUICK = DemoSettings(
     sft_steps=3,
     logging_steps=1,
     eval_batch_size=16,
+    smoke=True,
 )
 
 VQA_IMAGE_PATTERN = "scene_{image_id:05d}.png"
@@ -165,6 +181,8 @@ def build_start(folder: Path, s: DemoSettings) -> str:
     from modeling_tinylmm import TinyLMMConfig, TinyLMMForConditionalGeneration
     from processors import TinyLMMProcessor
 
+    from ..checkpoint import set_generation_config
+    from ..model_card import write_model_card
     from ..stages import write_stage
 
     if s.image_size % 3:
@@ -204,12 +222,15 @@ def build_start(folder: Path, s: DemoSettings) -> str:
     )
     torch.manual_seed(s.seed)
     model = TinyLMMForConditionalGeneration(config)
+    if s.vision_position_std is not None:
+        embeddings = model.model.vision_tower.embeddings
+        torch.nn.init.normal_(embeddings.position_embedding.weight, std=s.vision_position_std)
     processor = TinyLMMProcessor.from_config(config, tokenizer=tokenizer, chat_template="chatml")
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    set_generation_config(model, processor)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     write_stage(folder, {"stage_id": "build", "demo": asdict(s)})
+    write_model_card(folder, model, processor)
     return str(folder)
 
 
@@ -230,7 +251,7 @@ def train_stage(
     """One recipe stage through trainers.train.train; returns the trainer (its log holds the losses)."""
     from trl import SFTConfig
 
-    from ..arguments import DataArguments, ModelArguments, RecipeArguments
+    from ..arguments import DataArguments, ModelArguments, RecipeArguments, training_fields
     from ..train import train
 
     args = SFTConfig(
@@ -245,14 +266,15 @@ def train_stage(
         # TRL's defaults turn on bf16 autocast and activation checkpointing; on a CPU, for a model this small,
         # both only cost time.
         bf16=False,
-        gradient_checkpointing=False,
+        **training_fields({"activation_checkpointing": False}),
         logging_steps=s.logging_steps,
         save_strategy="no",
         report_to=[],
-        dataloader_num_workers=0,
+        dataloader_num_workers=s.dataloader_workers,
         use_cpu=not torch.cuda.is_available(),
         seed=s.seed,
-        max_length=None,
+        max_length=s.max_length,
+        packing=s.packing,
         disable_tqdm=False,
     )
     recipe = RecipeArguments(recipe="demo", stage=name, init_stage=init, train_modules=["all"])
@@ -297,10 +319,20 @@ def tables(metrics: dict) -> str:
 
 
 def plot(path: Path, curves: dict[str, list[tuple[int, float]]], metrics: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(curves, metrics)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure(curves: dict[str, list[tuple[int, float]]], metrics: dict):
+    """The report's figure: the training loss of both stages, and held-out VQA by question type."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     offset = 0
@@ -308,26 +340,57 @@ def plot(path: Path, curves: dict[str, list[tuple[int, float]]], metrics: dict) 
         if points:
             left.plot([offset + s for s, _ in points], [v for _, v in points], label=stage)
             offset += points[-1][0]
-    left.set(xlabel="step", ylabel="training loss", title="loss (align, then SFT)", yscale="log")
+    losses = [v for points in curves.values() for _, v in points]
+    # A log axis only where the loss spans a decade or more, ticked at 1, 2, 5 × 10^k in plain numbers
+    # (0.05, 0.1 … 5), never 4.6×10⁰.
+    if losses and min(losses) > 0 and max(losses) / min(losses) >= 10:
+        left.set_yscale("log")
+        left.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        left.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        left.yaxis.set_minor_formatter(ticker.NullFormatter())
+    left.set(xlabel="step", ylabel="training loss", title="loss (align, then SFT)")
     left.legend()
     types = list(metrics["vqa_exact_match"]["per_type"])
     x = range(len(types))
     real = [100 * metrics["vqa_exact_match"]["per_type"][t] for t in types]
     blind = [100 * metrics["blind_vqa_exact_match"]["per_type"][t] for t in types]
-    right.bar([i - 0.2 for i in x], real, width=0.4, label="image")
-    right.bar([i + 0.2 for i in x], blind, width=0.4, label="blank image")
+    for offset, values, label in ((-0.2, real, "image"), (0.2, blind, "blank image")):
+        bars = right.bar([i + offset for i in x], values, width=0.4, label=label, edgecolor="black")
+        right.bar_label(bars, fmt="%.0f", fontsize=8)  # a score of 0 still shows as a bar with its value
     right.set_xticks(list(x), types, rotation=30)
-    right.set(ylabel="exact match (%)", ylim=(0, 100), title="held-out VQA by question type")
-    right.legend()
+    # Headroom above 100 % for the value labels and the legend.
+    right.set(
+        ylabel="exact match (%)",
+        ylim=(0, 125),
+        yticks=range(0, 101, 20),
+        title="held-out VQA by question type",
+    )
+    right.legend(loc="upper center", ncols=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def write_report(out: Path, metrics: dict, settings: DemoSettings) -> None:
     m = metrics
+    smoke = (
+        f"""
+> **Smoke run** (`--quick`): {settings.align_steps} + {settings.sft_steps} training steps on \
+{settings.train_scenes} scenes. It checks that the pipeline runs end to end; the scores below say nothing \
+about what the model learns. `tinylmm demo` without `--quick` trains for real (about nine minutes on two \
+CPU cores).
+"""
+        if settings.smoke
+        else ""
+    )
+    prompt = m.get("prompt") or {}
+    prompt_line = (
+        f"Prompt: each question, a new line, then the suffix {prompt['suffix']!r}; chat template "
+        f"{prompt['chat_template']}."
+        if prompt.get("suffix")
+        else ""
+    )
     text = f"""# tinylmm demo
-
+{smoke}
 A {m["model"]["parameters"] / 1e6:.2f} M-parameter multimodal model (CLIP-style ViT, `mlp2x_gelu`, Llama),
 randomly initialised, trained on the CPU through tinylmm's trainers (alignment on captions, then
 multi-turn SFT), re-loaded with `AutoModelForImageTextToText`, evaluated on held-out scenes.
@@ -336,6 +399,8 @@ Wall time: **{m["wall_seconds"]:.0f} s** on {m["machine"]["cpu_count"]} CPU core
 torch {m["machine"]["torch"]}, {m["machine"]["threads"]} threads).
 
 {tables(m)}
+
+{prompt_line}
 
 Blank image: the same questions with every image replaced by a constant grey one; the gap to the real score
 is what the model gets from seeing.
@@ -363,39 +428,65 @@ def _per_category(result: dict, key: str) -> dict[str, float]:
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progress: bool = True) -> dict:
     """Run the whole demo into `out`; returns the metrics (also written to out/metrics.json)."""
-    from .. import evaluation
+    with _library_bars_off():
+        return _run_demo(Path(out), settings or DemoSettings(), progress)
 
-    s = settings or DemoSettings()
-    out = Path(out)
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """Without transformers' and datasets' own short bars (loading weights, writing shards, reading a file):
+    the demo's log keeps one bar at a time."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_on, ds_on = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hf_on:
+            hf_logging.enable_progress_bar()
+        if ds_on:
+            datasets.enable_progress_bars()
+
+
+def _run_demo(out: Path, s: DemoSettings, progress: bool) -> dict:
+    from .. import evaluation
+    from ..model_card import record_evaluation
+
     out.mkdir(parents=True, exist_ok=True)
     random.seed(s.seed)
     start = time.perf_counter()
     stage_seconds: dict[str, float] = {}
     steps = ["world", "build", "align", "sft", "reload", "evaluate", "report"]
-    bar = tqdm(steps, desc="demo", disable=not progress, position=0)
+
+    def begin(name: str) -> None:
+        # One line per step, not a bar around the training and evaluation bars: nested bars garble a log.
+        if progress:
+            tqdm.write(f"demo [{steps.index(name) + 1}/{len(steps)}] {name}")
 
     def mark(name: str, t0: float) -> float:
         stage_seconds[name] = time.perf_counter() - t0
-        bar.update(1)
         return time.perf_counter()
 
     t = time.perf_counter()
-    bar.set_postfix_str("world")
+    begin("world")
     data = out / "data"
     sizes = write_world(data, s)
     t = mark("world", t)
 
-    bar.set_postfix_str("build")
+    begin("build")
     build = build_start(out / "build", s)
     t = mark("build", t)
 
-    bar.set_postfix_str("align")
+    begin("align")
     align = train_stage(
         "align", build, data / "align.json", out / "align", "plain", s.align_steps, s.align_lr, s, "build"
     )
     t = mark("align", t)
 
-    bar.set_postfix_str("sft")
+    begin("sft")
     sft = train_stage(
         "sft",
         str(out / "align"),
@@ -409,11 +500,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progr
     )
     t = mark("sft", t)
 
-    bar.set_postfix_str("reload")
+    begin("reload")
     model, processor = evaluation.load_model(out / "sft", device="cpu")
     t = mark("reload", t)
 
-    bar.set_postfix_str("evaluate")
+    begin("evaluate")
     common = dict(batch_size=s.eval_batch_size, progress=progress)
     vqa_samples = evaluation.load_benchmark(
         "vqa", str(data / "vqa.json"), image_pattern=f"images/{VQA_IMAGE_PATTERN}"
@@ -421,7 +512,10 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progr
     vqa = evaluation.evaluate_model((model, processor), "vqa", vqa_samples, **common)
     blind = evaluation.evaluate_model((model, processor), "vqa", vqa_samples, blank_images=True, **common)
     pope = evaluation.evaluate_model((model, processor), "pope", str(data / "pope.jsonl"), **common)
+    for result, file in ((vqa, "vqa.json"), (blind, "vqa.json"), (pope, "pope.jsonl")):
+        record_evaluation(out / "sft", {**result, "data": str(data / file)}, model, processor)
     t = mark("evaluate", t)
+    begin("report")
 
     counts = {cat: m["n"] for cat, m in vqa["per_category"].items()}
     metrics = {
@@ -448,10 +542,16 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progr
             "torch": torch.__version__,
         },
         "settings": asdict(s),
+        "prompt": vqa["prompt"],
     }
     (out / "predictions.json").write_text(
         json.dumps(
-            {"vqa": vqa["predictions"], "blind_vqa": blind["predictions"], "pope": pope["predictions"]}
+            {
+                "prompt": {"vqa": vqa["prompt"], "pope": pope["prompt"]},
+                "vqa": vqa["predictions"],
+                "blind_vqa": blind["predictions"],
+                "pope": pope["predictions"],
+            }
         )
     )
     plot(out / "curves.png", {"align": _losses(align), "sft": _losses(sft)}, metrics)
@@ -460,8 +560,6 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, progr
     metrics["wall_seconds"] = time.perf_counter() - start
     write_report(out, metrics, s)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    bar.update(1)
-    bar.close()
     return metrics
 
 
@@ -495,4 +593,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = run_demo(args.out, settings)
     print(tables(metrics))
     print(f"\nwall time {metrics['wall_seconds']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    if settings.smoke:
+        print("This was a smoke run (--quick): the scores mean nothing; drop --quick to train for real.")
+    print(f"Talk to the model: tinylmm chat --model {shlex.quote(str(Path(args.out) / 'sft'))}")
     return 0
