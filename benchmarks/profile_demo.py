@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         train_scenes=opts.scenes,
         sft_steps=opts.steps,
         logging_steps=max(opts.steps // 4, 1),
-        packing=not opts.no_packing,
     )
+    if opts.no_packing:
+        settings = replace(settings, packing=False)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         pipeline.write_world(out / "data", settings)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.perf_counter() - began
     stats = pstats.Stats(profile)
     loop = cumulative(stats, "transformers/trainer.py", "_inner_training_loop")
-    print(f"\n{opts.steps} SFT steps of the demo, packing {not opts.no_packing}, {opts.threads} thread(s)")
+    packing = getattr(settings, "packing", False)
+    print(f"\n{opts.steps} SFT steps of the demo, packing {packing}, {opts.threads} thread(s)")
     print(
         f"{'training loop':42}{loop:8.2f} s  100.0 %   ({1000 * loop / opts.steps:.0f} ms/step; stage {wall:.1f} s)"
     )

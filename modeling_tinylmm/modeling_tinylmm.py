@@ -254,6 +254,9 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
             if config.image_aspect_ratio.startswith("anyres")
             else None
         )
+        # Sharded training (FSDP, DeepSpeed ZeRO-3) gathers each vision block's weights on all processes at
+        # once, so every process must run the tower in every step; the trainer turns this on there.
+        self.vision_in_every_step = False
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -408,6 +411,13 @@ class TinyLMMModel(TinyLMMPreTrainedModel):
             )
         elif n_tokens:
             raise ValueError(f"input_ids hold {n_tokens} image tokens but no pixel_values were given.")
+        elif self.vision_in_every_step and self.training:
+            # A batch without images: the tower runs on one blank crop and adds exactly nothing.
+            side = getattr(self.config.vision_config, "image_size", 224)
+            channels = getattr(self.config.vision_config, "num_channels", 3)
+            blank = inputs_embeds.new_zeros(1, channels, side, side)
+            unused = torch.cat(self.get_image_features(blank), dim=0).sum()
+            inputs_embeds = inputs_embeds + 0.0 * unused.to(inputs_embeds.dtype)
 
         if attention_mask is None and cache is None and is_packed(position_ids):
             # Packed rows: transformers derives the block-diagonal mask (or flash-attention's varlen boundaries)

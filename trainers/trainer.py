@@ -5,7 +5,8 @@
 - our collator (lazy images, assistant-only labels, no cut through image tokens) and a dataset that is
   passed through untouched (TRL's preparation would tokenise it without images);
 - DDP without `find_unused_parameters` (TRL turns it on for every VLM): a batch without images touches the
-  trainable visual parameters with a zero term instead;
+  trainable visual parameters with a zero term instead; under FSDP / ZeRO-3 the tower runs on a blank crop
+  in such a batch, so that every process gathers the same vision blocks in every step;
 - modality-length grouped batches; counts of dropped / skipped samples in the logs and final metrics, and an
   error (nothing saved) when no sample can be trained on;
 - chats rendered and tokenised once, before training (the collator's `encode`, mapped over the datasets);
@@ -64,6 +65,13 @@ TRAINED_KEY = "trained"  # samples (rows) with at least one supervised token
 # When this many samples were read and every one was dropped or skipped, training stops: the data or the
 # settings are wrong (max_length, image_folder), and waiting for the end of the run would only lose time.
 EMPTY_START_LIMIT = 100
+
+
+def _zero_stage(trainer) -> int | None:
+    plugin = (
+        getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    )
+    return plugin.zero_stage if plugin is not None else None
 
 
 class NoTrainingDataError(RuntimeError):
@@ -169,6 +177,10 @@ class TinyLMMTrainer(SFTTrainer):
             self.plan.apply_after_lora(self.model)
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_supervised_loss(base)
+        if self.is_fsdp_enabled or _zero_stage(self) == 3:
+            for module in base.modules():  # the TinyLMMModel inside
+                if hasattr(module, "vision_in_every_step"):
+                    module.vision_in_every_step = True
         self._visual_params = [
             p for n, p in self.model.named_parameters() if p.requires_grad and self.plan.is_visual(n)
         ]
