@@ -22,35 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-WORDS = (
-    "a the what is in this image picture describe shape red green blue yellow circle square triangle left right "
-    "top bottom yes no how many one two three there are of and colour"
-).split()
-
-
-def tokenizer():
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "<image>"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS + ["user", "assistant", "system"])}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>"]})
-    return tok
-
 
 def build(folder: str, vision: str, connector: str, **options) -> None:
     from transformers import AutoConfig
 
     from modeling_tinylmm import TinyLMMConfig, TinyLMMForConditionalGeneration
     from processors import TinyLMMProcessor
+    from trainers.demo.world import build_tokenizer
 
-    tok = tokenizer()
+    tok = build_tokenizer()  # the demo world's word-level tokenizer, chat and image tokens included
     vision_config = AutoConfig.for_model(
         vision,
         hidden_size=256,
@@ -96,11 +76,11 @@ def images(n: int) -> list[Image.Image]:
 
 
 def prompts(processor, n: int) -> list[str]:
-    questions = [
-        "what is in this image",
-        "how many shapes are there",
-        "describe the picture",
-        "is there a red circle",
+    questions = [  # in the demo world's words, which the tokenizer knows
+        "List the shapes by kind.",
+        "How many shapes are there?",
+        "What colour is the circle?",
+        "Is there a red circle in the image?",
     ]
     return [
         processor.apply_chat_template(

@@ -178,9 +178,7 @@ class TinyLMMTrainer(SFTTrainer):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_supervised_loss(base)
         if self.is_fsdp_enabled or _zero_stage(self) == 3:
-            for module in base.modules():  # the TinyLMMModel inside
-                if hasattr(module, "vision_in_every_step"):
-                    module.vision_in_every_step = True
+            base.model.vision_in_every_step = True
         self._visual_params = [
             p for n, p in self.model.named_parameters() if p.requires_grad and self.plan.is_visual(n)
         ]
