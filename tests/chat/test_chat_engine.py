@@ -91,7 +91,7 @@ def test_conversation_refuses_what_it_cannot_answer(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
         conversation.add_user("what is it ?", [tmp_path / "nowhere.png"])
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(ValueError, match="notes.png is not an image"):
+    with pytest.raises(ValueError, match="notes.png. could not be decoded"):
         conversation.add_user("what is it ?", [tmp_path / "notes.png"])
     with pytest.raises(ValueError, match="does not end with a user message"):
         engine.reply(conversation)

@@ -49,7 +49,7 @@ def test_terminal_chat_attaches_images_keeps_history_and_resets(tiny):
     replies = [line.split(MODEL, 1)[1].strip() for line in proc.stdout.splitlines() if MODEL in line]
     expected = generate(folder, [(QUESTIONS[0], [image]), (QUESTIONS[1], [])])
     assert replies == [*expected, *generate(folder, [(QUESTIONS[0], [])])]
-    assert "image not found: nowhere.png" in proc.stdout  # reported, and the chat went on
+    assert "image file 'nowhere.png' does not exist" in proc.stdout  # reported, and the chat went on
     assert "(conversation cleared)" in proc.stdout
     assert "vision encoder" in proc.stdout and "chatml" in proc.stdout  # the model's parts, first
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from processors.chat_templates import end_of_turn_ids
+from processors.image_processing_tinylmm import load_image
 
 from ..model_card import chat_template_name, human_count, model_parts
 
@@ -52,16 +53,9 @@ class GenerationSettings:
 
 
 def open_image(image) -> Image.Image:
-    """An RGB image from a PIL image or a file path; a file that is not an image is named in the error."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    try:
-        with Image.open(os.fspath(image)) as opened:
-            return opened.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {image}") from None
-    except OSError as err:
-        raise ValueError(f"{image} is not an image PIL can read ({err}).") from None
+    """An RGB image from a PIL image or a file path, through the processor's loader (upright, 8-bit; a missing
+    or unreadable file is named in the error)."""
+    return load_image(image)
 
 
 @dataclass

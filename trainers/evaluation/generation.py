@@ -11,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from processors.chat_templates import end_of_turn_ids
+from processors.image_processing_tinylmm import load_image
 
 from .benchmarks import SHORT_ANSWER, Sample
 
@@ -84,8 +85,7 @@ def load_model(folder: str | os.PathLike, device: str | None = None, trust_remot
 
 
 def _open_image(value, blank: bool) -> Image.Image:
-    image = value if isinstance(value, Image.Image) else Image.open(value)
-    image = image.convert("RGB")
+    image = load_image(value)  # upright, 8-bit RGB, a bad file named
     return Image.new("RGB", image.size, BLANK_GREY) if blank else image
 
 
