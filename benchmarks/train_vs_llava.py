@@ -15,7 +15,8 @@ are scored on the same held-out samples after the same number of samples. Each s
 Each way runs in a process of its own, so that its peak memory is its own. Prints, per stage, supervised
 tokens/s, samples/s, padding (the share of the batch tensors that is padding), peak memory (growth of the
 resident set during training on the CPU, torch's peak allocation on CUDA) and the held-out loss, and the
-ratios tinylmm / stock.
+ratios tinylmm / stock; the model FLOP/s (see `model_flops`: the work the samples need, the same for both
+ways) and, on CUDA, the MFU against `--peak_tflops`.
 
 Data (`--mix`):
   shapes     one coloured shape per image, captions and 1-3 Q&A turns; a fifth text-only (the old default);
@@ -352,43 +353,36 @@ def build_start(preset: str, folder: str, seed: int) -> str:
 
 
 class Counts:
-    """What the batches held: samples, supervised (next-token) targets, real tokens, tensor slots."""
+    """What the training batches held: samples, images, supervised (next-token) targets, real tokens, tensor
+    slots. Counted in the main process as each batch reaches the trainer's step, so DataLoader workers
+    (`--workers`) change nothing."""
 
-    def __init__(self):
-        self.counts = {"samples": 0, "supervised": 0, "tokens": 0, "slots": 0}
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.counts = {"samples": 0, "images": 0, "supervised": 0, "tokens": 0, "slots": 0}
 
-    def add(self, examples, batch, real_tokens: int):
-        self.counts["samples"] += len(examples)
+    def add(self, batch) -> None:
+        from trainers.collator import TOKENS_KEY
+
+        self.counts["samples"] += self.batch_size  # every step takes a whole batch (no sample is dropped)
+        pixels = batch.get("pixel_values")
+        self.counts["images"] += 0 if pixels is None else len(pixels)
         self.counts["supervised"] += int((batch["labels"][:, 1:] != -100).sum())
-        self.counts["tokens"] += real_tokens
+        real = batch[TOKENS_KEY] if TOKENS_KEY in batch else batch["attention_mask"].sum()
+        self.counts["tokens"] += int(real)
         self.counts["slots"] += batch["input_ids"].numel()
 
 
-class CountingCollator(Counts):
-    """The stock collator, counted."""
+def _counted(trainer, batch_size: int) -> Counts:
+    """Count every batch the trainer trains on."""
+    tally, step = Counts(batch_size), trainer.training_step
 
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
+    def counting_step(model, inputs, *args, **kwargs):
+        tally.add(inputs)
+        return step(model, inputs, *args, **kwargs)
 
-    def __call__(self, examples):
-        batch = self.inner(examples)
-        self.add(examples, batch, int(batch["attention_mask"].sum()))
-        return batch
-
-
-def _counting_tinylmm_collator(*args, **kwargs):
-    from trainers.collator import TOKENS_KEY, TinyLMMCollator
-
-    class CountingTinyLMMCollator(TinyLMMCollator):
-        def __call__(self, examples):
-            batch = super().__call__(examples)
-            self.tally.add(examples, batch, batch[TOKENS_KEY])
-            return batch
-
-    collator = CountingTinyLMMCollator(*args, **kwargs)
-    collator.tally = Counts()
-    return collator
+    trainer.training_step = counting_step
+    return tally
 
 
 def _config(opts, output_dir, **extra):
@@ -411,7 +405,7 @@ def _config(opts, output_dir, **extra):
         bf16=opts.bf16,
         use_cpu=opts.device == "cpu",
         **training_fields({"activation_checkpointing": opts.activation_checkpointing}),
-        dataloader_num_workers=0,
+        dataloader_num_workers=opts.workers,
         disable_tqdm=True,
         seed=opts.seed,
         max_length=opts.max_length,
@@ -427,6 +421,7 @@ def _tinylmm(opts, folder, stage, train):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from trainers.arguments import RecipeArguments
+    from trainers.collator import TinyLMMCollator
     from trainers.trainer import TinyLMMTrainer
 
     dtype = torch.bfloat16 if opts.bf16 and opts.device == "cuda" else torch.float32
@@ -434,18 +429,17 @@ def _tinylmm(opts, folder, stage, train):
         f"{folder}/start", dtype=dtype, attn_implementation=opts.attn
     )
     processor = AutoProcessor.from_pretrained(f"{folder}/start")
-    collator = _counting_tinylmm_collator(processor, chat_template=TEMPLATE[stage])
     modules = ["connector"] if stage == "align" else ["connector", "language_model"]
     trainer = TinyLMMTrainer(
         model,
         args=_config(opts, f"{folder}/out-tinylmm-{stage}", packing=not opts.no_packing),
         train_dataset=train,
         processing_class=processor,
-        data_collator=collator,
+        data_collator=TinyLMMCollator(processor, chat_template=TEMPLATE[stage]),
         recipe=RecipeArguments(train_modules=modules),
         group_by_modality_length=opts.group_by_length,
     )
-    return trainer, collator.tally
+    return trainer, _counted(trainer, opts.batch_size)
 
 
 def _llava(opts, folder, stage, train):
@@ -517,9 +511,35 @@ def _llava(opts, folder, stage, train):
     )
     args = _config(opts, f"{folder}/out-llava-{stage}", assistant_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
-    collator = CountingCollator(trainer.data_collator)
-    trainer.data_collator = collator
-    return trainer, collator
+    return trainer, _counted(trainer, opts.batch_size)
+
+
+def model_flops(model, counts: dict, stage: str) -> float:
+    """The matrix-product FLOPs a stage needs for the samples it saw, whoever trains it (the MFU numerator).
+
+    The kept encoder blocks' forward (frozen): 2 x parameters per patch, plus attention (4 x patches^2 x width
+    per block); the connector, trained: 6 x parameters per image token; the LLM blocks, 2 x parameters per
+    real token forward, and as much again backward for the activation gradients, and again for the weight
+    gradients in SFT (so 4 x in alignment, 6 x in SFT); the LM head on supervised positions only, by the same
+    rule. Padding, the logits of unsupervised positions and the LLM's attention (about 3 % at these lengths)
+    are not counted: they are not work the stage needs.
+    """
+    from modeling_tinylmm.vision_features import block_list
+
+    inner = model.model
+    vision = inner.vision_tower.config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    blocks = len(inner.vision_tower.get_submodule(block_list(inner.vision_tower)))
+    vision_params = sum(p.numel() for p in inner.vision_tower.parameters())
+    per_image = 2 * vision_params * patches + 4 * blocks * patches**2 * vision.hidden_size
+    connector = sum(p.numel() for p in inner.connector.parameters())
+    embed = inner.language_model.get_input_embeddings().weight.numel()
+    llm = sum(p.numel() for p in inner.language_model.parameters()) - embed
+    head = model.lm_head.weight.numel()
+    passes = 3 if stage == "sft" else 2
+    return counts["images"] * (per_image + 6 * connector * patches) + 2 * passes * (
+        llm * counts["tokens"] + head * counts["supervised"]
+    )
 
 
 def run_one(way: str, stage: str, opts, folder: str) -> dict:
@@ -548,7 +568,9 @@ def run_one(way: str, stage: str, opts, folder: str) -> dict:
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss) / 1024
     )
     held_out = trainer.evaluate(data["held_out"])["eval_loss"]
+    flops = model_flops(trainer.model, counts, stage) if way == "tinylmm" else None
     return {
+        "model_flops": flops,
         "way": way,
         "stage": stage,
         "seconds": seconds,
@@ -564,6 +586,11 @@ def run_one(way: str, stage: str, opts, folder: str) -> dict:
 
 def _child(way, stage, opts, folder, queue):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # A spawned process spawns its own children too: DataLoader workers would re-import torch and
+    # transformers and receive the dataset pickled (seconds each, a minute on a many-core GPU machine). Fork
+    # them, as a training script started from a shell does.
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
     try:
         queue.put(run_one(way, stage, opts, folder))
     except BaseException as err:  # report it in the parent
@@ -574,6 +601,7 @@ def _child(way, stage, opts, folder, queue):
 
 KEYS = (
     "supervised_tokens_per_s",
+    "model_tflops_per_s",
     "samples_per_s",
     "padding_fraction",
     "peak_memory_mib",
@@ -612,6 +640,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_packing", action="store_true", help="tinylmm: pad instead of packing")
     parser.add_argument("--group_by_length", action="store_true", help="tinylmm: modality-length grouping")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="both: DataLoader worker processes (dataloader_num_workers)"
+    )
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=989.0,
+        help="the GPU's dense bf16 peak for MFU (default: H100 / H200 SXM, 989 TFLOP/s by NVIDIA's datasheet)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
     opts = parser.parse_args(argv)
@@ -637,6 +674,7 @@ def main(argv=None) -> dict:
                 process.join()
                 if "error" in results[stage][way]:
                     raise SystemExit(f"{way} {stage} run failed:\n{results[stage][way]['error']}")
+                _write_json(opts, results)  # after every run, so that a run cut short keeps what it measured
 
     print(
         f"\n{opts.steps} steps x {opts.batch_size} samples, mix {opts.mix}, preset {opts.preset}, "
@@ -644,15 +682,26 @@ def main(argv=None) -> dict:
     )
     for stage in stages:
         ours, stock = results[stage]["tinylmm"], results[stage]["stock"]
+        for way in (ours, stock):  # the same samples, so the same work needed: the tinylmm run's count
+            way["model_tflops_per_s"] = ours["model_flops"] / way["seconds"] / 1e12
+            way["mfu"] = way["model_tflops_per_s"] / opts.peak_tflops if opts.device == "cuda" else None
         print(f"\n{stage:26}{'tinylmm':>12}{'stock':>12}{'ratio':>9}")
         for key in KEYS:
             a, b = ours[key], stock[key]
             ratio = a / b if b else float("nan")
             print(f"{key:26}{a:12.4g}{b:12.4g}{ratio:9.3f}")
+        if opts.device == "cuda":
+            print(
+                f"{'mfu (peak ' + format(opts.peak_tflops, 'g') + ' TFLOP/s)':26}{ours['mfu']:12.2%}{stock['mfu']:12.2%}"
+            )
+    _write_json(opts, results)
+    return results
+
+
+def _write_json(opts, results: dict) -> None:
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"options": vars(opts), "results": results}, f, indent=2)
-    return results
 
 
 if __name__ == "__main__":

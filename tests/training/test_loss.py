@@ -62,6 +62,31 @@ def test_frozen_head_gets_no_gradient_and_the_hidden_states_do():
     torch.testing.assert_close(hidden.grad, expected)
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or loss_module._liger_loss() is None,
+    reason="needs a CUDA GPU and liger-kernel",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_liger_on_cuda_gives_the_loss_and_gradients_of_the_chunked_path(dtype):
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(300, 64, generator=g).to("cuda", dtype)
+    head = torch.nn.Linear(64, 1000, bias=False).to("cuda", dtype)
+    targets = torch.randint(0, 1000, (300,), generator=g).cuda()
+    results = []
+    for use_liger in (True, False):
+        leaf = hidden.clone().requires_grad_()
+        head.zero_grad()
+        if use_liger:
+            loss = linear_cross_entropy(leaf, head, targets)[0]
+        else:
+            loss = ChunkedLinearCrossEntropy.apply(leaf, head.weight, None, targets, 64, False)[0]
+        loss.backward()
+        results.append((loss.float(), leaf.grad.float(), head.weight.grad.float()))
+    tolerance = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **tolerance)
+
+
 def test_a_wrapped_head_is_called_chunk_by_chunk_with_the_same_result():
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 29).double()

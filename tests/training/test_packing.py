@@ -24,6 +24,20 @@ from trainers.loss import add_supervised_loss
 from trainers.trainer import TinyLMMTrainer
 
 SFT = RecipeArguments(recipe="test", stage="sft", train_modules=["connector", "language_model"])
+# The proofs run on the CPU everywhere and on CUDA where a GPU is present (fp32, TF32 off).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 as fp32 on CUDA: no TF32 in matrix products or convolutions."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _chat(*turns, images: int = 0) -> list[dict]:
@@ -79,9 +93,9 @@ def _spans(batch) -> list[tuple[int, int, int]]:
     return spans
 
 
-def _inputs(batch) -> dict:
+def _inputs(batch, device: str = "cpu") -> dict:
     keys = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_layout")
-    return {k: batch[k] for k in keys if k in batch}
+    return {k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k] for k in keys if k in batch}
 
 
 def test_best_fit_decreasing_rows():
@@ -132,26 +146,27 @@ def test_encoding_a_dataset_adds_its_columns_and_batches_the_same():
         assert torch.equal(value, ahead[key]) if torch.is_tensor(value) else value == ahead[key], key
 
 
-def _model_and_collators(text: str, attn: str):
-    model = tiny_model(text=text, image_aspect_ratio="anyres_max_2").float()
+def _model_and_collators(text: str, attn: str, device: str = "cpu"):
+    model = tiny_model(text=text, image_aspect_ratio="anyres_max_2").float().to(device)
     model.set_attn_implementation(attn)
     processor = make_processor("chatml", config=model.config)
     return model, TinyLMMCollator(processor), TinyLMMCollator(processor, max_length=130, packing=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("text", ["llama", "qwen2", "gpt2"])
-def test_each_packed_sample_has_the_logits_it_has_alone(text, attn):
-    model, plain, packing = _model_and_collators(text, attn)
+def test_each_packed_sample_has_the_logits_it_has_alone(text, attn, device, exact_fp32):
+    model, plain, packing = _model_and_collators(text, attn, device)
     rows = _encoded(plain, _rows())
     packed = packing(rows)
     assert "attention_mask" not in packed and packed["input_ids"].shape[0] < len(rows)  # rows shared
     spans = _spans(packed)
     with torch.no_grad():
-        logits = model(**_inputs(packed)).logits
+        logits = model(**_inputs(packed, device)).logits
         for row in rows:
             alone = plain([row])
-            reference = model(**_inputs(alone)).logits[0]
+            reference = model(**_inputs(alone, device)).logits[0]
             ids = alone["input_ids"][0]
             matches = [
                 (r, s, e)
@@ -163,9 +178,10 @@ def test_each_packed_sample_has_the_logits_it_has_alone(text, attn):
             torch.testing.assert_close(logits[r, s:e], reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("text", ["llama", "gpt2"])
-def test_packed_loss_and_gradients_equal_the_unpacked_ones(text):
-    model, plain, packing = _model_and_collators(text, "sdpa")
+def test_packed_loss_and_gradients_equal_the_unpacked_ones(text, device, exact_fp32):
+    model, plain, packing = _model_and_collators(text, "sdpa", device)
     rows = _encoded(plain, _rows())
     padded, packed = plain(rows), packing(rows)
     supervised = int((padded["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -175,10 +191,10 @@ def test_packed_loss_and_gradients_equal_the_unpacked_ones(text):
     def loss_and_grads(batch, supervised_only: bool):
         model.zero_grad()
         if supervised_only:
-            out = model(**_inputs(batch), labels=batch["labels"], supervised_loss=True)
+            out = model(**_inputs(batch, device), labels=batch["labels"].to(device), supervised_loss=True)
             loss = out.loss / out.num_tokens
         else:  # the model's own loss on full logits: the mean over supervised tokens
-            loss = model(**_inputs(batch), labels=batch["labels"]).loss
+            loss = model(**_inputs(batch, device), labels=batch["labels"].to(device)).loss
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
