@@ -144,8 +144,15 @@ def _check(scene, qtype, question, answer):
         a = next(o for o in scene.objects if f"{o.colour} {o.shape}" == m.group(1))
         b = next(o for o in scene.objects if f"{o.colour} {o.shape}" == m.group(3))
         (ra, ca), (rb, cb) = divmod(a.cell, 3), divmod(b.cell, 3)
-        holds = {"left of": ca < cb, "right of": ca > cb, "above": ra < rb, "below": ra > rb}[m.group(2)]
-        assert answer == ("yes" if holds else "no")
+        relation = m.group(2)
+        holds = {"left of": ca < cb, "right of": ca > cb, "above": ra < rb, "below": ra > rb}[relation]
+        # The relation, each object's column (left / right of) or row (above / below), then the yes / no.
+        wa, wb = (("left", "middle", "right")[c] for c in (ca, cb))
+        if relation in ("above", "below"):
+            wa, wb = (("top", "middle", "bottom")[r] for r in (ra, rb))
+        verdict = "yes" if holds else "no"
+        assert answer == f"{relation}: {a.colour} {a.shape} {wa}, {b.colour} {b.shape} {wb}: {verdict}"
+        assert W.verdict(answer) == verdict
     elif qtype == "existence":
         words = re.match(r"Is there a (.+) in the image\?", question).group(1).split()
         if len(words) == 2:
@@ -167,13 +174,28 @@ def test_questions_are_answered_correctly(scenes):
     assert set(seen) == set(W.QUESTION_TYPES)
 
 
+def test_relations_answered_in_one_word_without_explain():
+    scene = W.Scene((W.Obj("circle", "red", "small", 0), W.Obj("square", "blue", "large", 8)), seed=0)
+    for explain in (True, False):
+        relations = W.candidate_questions(scene, random.Random(0), explain_relations=explain)["relation"]
+        assert sorted(W.verdict(a) for _, a in relations) == ["no", "yes"]
+        assert all((a in ("yes", "no")) != explain for _, a in relations)
+
+
+def test_verdict_reads_the_closing_yes_or_no():
+    assert W.verdict("left of: red circle left, blue square right: yes") == "yes"
+    assert W.verdict("No.") == "no"
+    assert W.verdict("left of: red circle left, blue square") is None  # cut short: no verdict, not a guess
+    assert W.verdict("") is None
+
+
 def test_yes_no_questions_are_balanced(scenes):
     rng = random.Random(1)
     answers = {"relation": Counter(), "existence": Counter()}
     for scene in scenes:
         for qtype, _, answer in W.sample_questions(scene, rng, 6):
             if qtype in answers:
-                answers[qtype][answer] += 1
+                answers[qtype][W.verdict(answer)] += 1
     for qtype, counts in answers.items():
         assert 0.4 < counts["yes"] / sum(counts.values()) < 0.6, (qtype, counts)
 
@@ -240,3 +262,61 @@ def test_tokenizer_covers_the_world_and_keeps_special_tokens_whole(scenes, tmp_p
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again("Where is the red ring?").input_ids == tok("Where is the red ring?").input_ids
     assert again.image_token == "<image>"
+
+
+def _verdict_batch(tokenizer, rng: random.Random, n: int):
+    """`n` written-out relation answers, padded; labels on the closing yes / no only."""
+    import torch
+
+    ids = []
+    for _ in range(n):
+        a, b = (
+            W.Obj(rng.choice(W.SHAPES), rng.choice(list(W.COLOURS)), "small", c)
+            for c in rng.sample(range(9), 2)
+        )
+        relation = rng.choice(list(W.RELATIONS))
+        answer = W.relation_answer(a, b, relation, "yes" if W._relation_holds(a, b, relation) else "no")
+        ids.append(tokenizer(answer)["input_ids"])
+    length = max(map(len, ids))
+    inputs = torch.full((n, length), tokenizer.pad_token_id)
+    labels = torch.full((n, length), -100)
+    for i, row in enumerate(ids):
+        inputs[i, : len(row)] = torch.tensor(row)
+        labels[i, len(row) - 1] = row[-1]
+    return inputs, labels
+
+
+def test_the_demo_llm_learns_the_written_out_verdict_alone():
+    """The last step of a written-out relation answer, comparing two words under a relation, is within the
+    demo LLM's reach: trained on it alone, it gets it right within a few hundred steps. (Inside the demo's
+    mix this token is about 2 % of the supervised tokens, which is why relations are asked twice as often.)"""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainers.demo import DemoSettings
+
+    s, tokenizer, rng = DemoSettings(), W.build_tokenizer(), random.Random(0)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=s.text_hidden,
+        intermediate_size=2 * s.text_hidden,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.heads,
+        initializer_range=s.text_init_std,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    for _ in range(300):
+        inputs, labels = _verdict_batch(tokenizer, rng, 32)
+        model(input_ids=inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    inputs, labels = _verdict_batch(tokenizer, rng, 400)
+    with torch.no_grad():
+        logits = model(input_ids=inputs).logits
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    accuracy = (logits[rows, cols - 1].argmax(-1) == labels[rows, cols]).float().mean().item()
+    assert accuracy >= 0.95

@@ -62,6 +62,7 @@ TEMPLATES = (
     "How many {shapes} are there?",
     "Where is the {colour} {shape}?",
     "Is the {colour} {shape} {relation} the {colour} {shape}?",
+    "{relation}: {colour} {shape} {position}, {colour} {shape} {position}: yes",
     "Is there a {colour} {shape} in the image?",
     "Is there a {shape} in the image?",
     "yes no center",
@@ -221,11 +222,35 @@ def _relation_holds(a: Obj, b: Obj, relation: str) -> bool:
     return (ra - rb) * dr > 0 if dr else (ca - cb) * dc > 0
 
 
-def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, list[tuple[str, str]]]:
+def relation_answer(a: Obj, b: Obj, relation: str, verdict: str, explain: bool = True) -> str:
+    """The answer to "Is a <relation> b?": with `explain`, the relation, the column (left of / right of) or
+    the row (above / below) of each object, then the yes / no ("left of: red circle left, blue square
+    middle: yes").
+
+    Answered with one word, the question asks a two-block LLM to find two objects, read both cells and compare
+    them inside a single token's forward pass, and it stays at chance. Written out, each token of the answer
+    is one step the model already takes elsewhere: copy words from the question, look up where one object is,
+    and last compare two words and a relation that stand at the same distances back in every answer."""
+    if not explain:
+        return verdict
+    (ra, ca), (rb, cb) = divmod(a.cell, 3), divmod(b.cell, 3)
+    wa, wb = (COLS[ca], COLS[cb]) if RELATIONS[relation][1] else (ROWS[ra], ROWS[rb])
+    return f"{relation}: {a.name} {wa}, {b.name} {wb}: {verdict}"
+
+
+def verdict(answer: str) -> str | None:
+    """The yes / no that ends an answer ("..., so yes" -> "yes"), or None when it ends otherwise."""
+    words = re.findall(r"[a-z]+", answer.lower())
+    return words[-1] if words and words[-1] in ("yes", "no") else None
+
+
+def candidate_questions(
+    scene: Scene, rng: random.Random, explain_relations: bool = True
+) -> dict[str, list[tuple[str, str]]]:
     """Every kind of question the scene can answer unambiguously: {type: [(question, answer), ...]}.
 
     Yes/no types hold one "yes" and one "no" candidate where both exist, so that sampling a type then a
-    candidate is balanced.
+    candidate is balanced. Relation answers say where both objects are first (`relation_answer`).
     """
     shapes, colours = scene.shapes(), scene.colours()
     present = {(o.shape, o.colour) for o in scene.objects}
@@ -251,7 +276,9 @@ def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, list[tupl
         false = [r for r in RELATIONS if not _relation_holds(a, b, r)]
         for rels, answer in ((true, "yes"), (false, "no")):
             if rels:
-                relation.append((f"Is the {a.name} {rng.choice(rels)} the {b.name}?", answer))
+                name = rng.choice(rels)
+                question = f"Is the {a.name} {name} the {b.name}?"
+                relation.append((question, relation_answer(a, b, name, answer, explain_relations)))
     out["relation"] = relation
 
     # Existence, bound to a colour: the hard negatives pair a present colour with a present shape.
@@ -271,11 +298,15 @@ def candidate_questions(scene: Scene, rng: random.Random) -> dict[str, list[tupl
 
 
 def sample_questions(
-    scene: Scene, rng: random.Random, k: int, weights: dict[str, float] | None = None
+    scene: Scene,
+    rng: random.Random,
+    k: int,
+    weights: dict[str, float] | None = None,
+    explain_relations: bool = True,
 ) -> list[tuple[str, str, str]]:
     """Up to `k` (type, question, answer) triples about a scene, no repeats; types drawn with `weights`
     (uniformly by default)."""
-    candidates = candidate_questions(scene, rng)
+    candidates = candidate_questions(scene, rng, explain_relations)
     types = list(candidates)
     type_weights = [(weights or {}).get(t, 1.0) for t in types]
     picked: list[tuple[str, str, str]] = []
@@ -380,6 +411,7 @@ def qa_rows(
     weights: dict[str, float] | None = None,
     suffix_every_turn: bool = False,
     render_images: bool = True,
+    explain_relations: bool = True,
 ) -> list[dict]:
     """Multi-turn SFT rows: short-answer questions about the scene (question types drawn with `weights`);
     a `caption_fraction` of the chats start with a description, so that alignment is not forgotten.
@@ -394,7 +426,9 @@ def qa_rows(
         if rng.random() < caption_fraction:
             prompt, text = describe(scene, rng)
             messages += [user_turn(prompt, True), assistant_turn(text)]
-        for j, (_, question, answer) in enumerate(sample_questions(scene, rng, rng.randint(*turns), weights)):
+        for j, (_, question, answer) in enumerate(
+            sample_questions(scene, rng, rng.randint(*turns), weights, explain_relations)
+        ):
             text = f"{question}\n{SHORT_ANSWER}" if j == 0 or suffix_every_turn else question
             messages += [user_turn(text, not messages), assistant_turn(answer)]
         row = {"messages": messages}
@@ -404,12 +438,14 @@ def qa_rows(
     return rows
 
 
-def vqa_items(scenes: list[Scene], seed: int, per_scene: int = 1) -> list[dict]:
+def vqa_items(
+    scenes: list[Scene], seed: int, per_scene: int = 1, explain_relations: bool = True
+) -> list[dict]:
     """Held-out VQA items: {"scene", "type", "question", "answer"}, question types balanced per scene."""
     rng = random.Random(f"vqa-{seed}")
     items = []
     for i, scene in enumerate(scenes):
-        candidates = candidate_questions(scene, rng)
+        candidates = candidate_questions(scene, rng, explain_relations)
         types = [QUESTION_TYPES[(i * per_scene + j) % len(QUESTION_TYPES)] for j in range(per_scene)]
         for qtype in types:
             qtype = qtype if qtype in candidates else rng.choice(list(candidates))
