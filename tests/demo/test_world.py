@@ -291,22 +291,14 @@ def test_the_demo_llm_learns_the_written_out_verdict_alone():
     demo LLM's reach: trained on it alone, it gets it right within a few hundred steps. (Inside the demo's
     mix this token is about 2 % of the supervised tokens, which is why relations are asked twice as often.)"""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from trainers.demo import DemoSettings
+    from trainers.demo.pipeline import text_config
 
-    s, tokenizer, rng = DemoSettings(), W.build_tokenizer(), random.Random(0)
+    tokenizer, rng = W.build_tokenizer(), random.Random(0)
     torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=2 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.heads,
-        num_key_value_heads=s.heads,
-        initializer_range=s.text_init_std,
-    )
+    config = text_config(DemoSettings(), tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     for _ in range(300):

@@ -180,6 +180,26 @@ def write_world(folder: Path, s: DemoSettings) -> dict:
 # -- 2. the starting checkpoint --------------------------------------------------------------------------
 
 
+def text_config(s: DemoSettings, tokenizer):
+    """The demo's LLM: a small Llama over the world's word-level tokenizer."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        "llama",
+        vocab_size=len(tokenizer),
+        hidden_size=s.text_hidden,
+        intermediate_size=2 * s.text_hidden,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=s.text_init_std,
+    )
+
+
 def build_start(folder: Path, s: DemoSettings) -> str:
     """Tokenizer, random-weight model and processor, saved as a `build` stage folder."""
     from transformers import AutoConfig
@@ -205,20 +225,7 @@ def build_start(folder: Path, s: DemoSettings) -> str:
         image_size=s.image_size,
         patch_size=s.image_size // 3,
     )
-    text = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=s.text_hidden,
-        intermediate_size=2 * s.text_hidden,
-        num_hidden_layers=s.text_layers,
-        num_attention_heads=s.heads,
-        num_key_value_heads=s.heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        initializer_range=s.text_init_std,
-    )
+    text = text_config(s, tokenizer)
     config = TinyLMMConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
