@@ -358,17 +358,17 @@ class Counts:
     (`--workers`) change nothing."""
 
     def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+        from trainers.collator import TOKENS_KEY
+
+        self.batch_size, self.tokens_key = batch_size, TOKENS_KEY
         self.counts = {"samples": 0, "images": 0, "supervised": 0, "tokens": 0, "slots": 0}
 
     def add(self, batch) -> None:
-        from trainers.collator import TOKENS_KEY
-
         self.counts["samples"] += self.batch_size  # every step takes a whole batch (no sample is dropped)
         pixels = batch.get("pixel_values")
         self.counts["images"] += 0 if pixels is None else len(pixels)
         self.counts["supervised"] += int((batch["labels"][:, 1:] != -100).sum())
-        real = batch[TOKENS_KEY] if TOKENS_KEY in batch else batch["attention_mask"].sum()
+        real = batch[self.tokens_key] if self.tokens_key in batch else batch["attention_mask"].sum()
         self.counts["tokens"] += int(real)
         self.counts["slots"] += batch["input_ids"].numel()
 

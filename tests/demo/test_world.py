@@ -289,7 +289,7 @@ def _verdict_batch(tokenizer, rng: random.Random, n: int):
 def test_the_demo_llm_learns_the_written_out_verdict_alone():
     """The last step of a written-out relation answer, comparing two words under a relation, is within the
     demo LLM's reach: trained on it alone, it gets it right within a few hundred steps. (Inside the demo's
-    mix this token is about 2 % of the supervised tokens, which is why relations are asked twice as often.)"""
+    mix it is one token of each relation answer, which is why relations are asked twice as often.)"""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -11,7 +11,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 
 from processors.chat_templates import end_of_turn_ids
 from processors.image_processing_tinylmm import load_image
@@ -52,12 +51,6 @@ class GenerationSettings:
         }
 
 
-def open_image(image) -> Image.Image:
-    """An RGB image from a PIL image or a file path, through the processor's loader (upright, 8-bit; a missing
-    or unreadable file is named in the error)."""
-    return load_image(image)
-
-
 @dataclass
 class Conversation:
     """The messages so far, in the chat-template format: a user turn holds its images / videos as parts
@@ -70,7 +63,8 @@ class Conversation:
             raise ValueError("the last user message has no reply yet.")
         if not text.strip() and not images and not videos:
             raise ValueError("an empty message: type a question, or attach an image.")
-        content = [{"type": "image", "image": open_image(i)} for i in images]
+        # The processor's loader: upright, 8-bit RGB; a missing or unreadable file is named in the error.
+        content = [{"type": "image", "image": load_image(i)} for i in images]
         content += [
             {"type": "video", "video": os.fspath(v) if isinstance(v, os.PathLike) else v} for v in videos
         ]

@@ -10,7 +10,9 @@ import shlex
 import sys
 from typing import TextIO
 
-from .engine import ChatEngine, Conversation, GenerationSettings, open_image
+from processors.image_processing_tinylmm import load_image
+
+from .engine import ChatEngine, Conversation, GenerationSettings
 
 HELP = """commands:
   /image PATH   attach an image to your next message (several: one /image each)
@@ -71,7 +73,7 @@ def chat(
             if command in ("/image", "/video"):
                 path = _path(argument)
                 if command == "/image":
-                    open_image(path)  # a bad file is reported now, not with the next message
+                    load_image(path)  # a bad file is reported now, not with the next message
                     images.append(path)
                 else:
                     if not engine.takes_video:

@@ -239,7 +239,7 @@ def relation_answer(a: Obj, b: Obj, relation: str, verdict: str, explain: bool =
 
 
 def verdict(answer: str) -> str | None:
-    """The yes / no that ends an answer ("..., so yes" -> "yes"), or None when it ends otherwise."""
+    """The yes / no that ends an answer ("...: yes" -> "yes"), or None when it ends otherwise."""
     words = re.findall(r"[a-z]+", answer.lower())
     return words[-1] if words and words[-1] in ("yes", "no") else None
 
@@ -250,7 +250,7 @@ def candidate_questions(
     """Every kind of question the scene can answer unambiguously: {type: [(question, answer), ...]}.
 
     Yes/no types hold one "yes" and one "no" candidate where both exist, so that sampling a type then a
-    candidate is balanced. Relation answers say where both objects are first (`relation_answer`).
+    candidate is balanced. Relation answers are written out (`relation_answer`).
     """
     shapes, colours = scene.shapes(), scene.colours()
     present = {(o.shape, o.colour) for o in scene.objects}
